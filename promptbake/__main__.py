@@ -1,0 +1,5 @@
+"""``python -m promptbake`` runs the CLI."""
+
+from .cli import main
+
+main()

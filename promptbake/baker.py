@@ -1,0 +1,228 @@
+"""The Baker: sequences render -> generate -> score -> train -> save -> evaluate.
+
+It knows nothing of plugins beyond asking the registry to build a backend from
+a name; teacher, student and loss may also be passed as instances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__, capabilities, registry
+from .config import BakeConfig
+from .errors import ConfigError
+from .interfaces import Loss, SamplingConfig, Student, Teacher
+from .progress import progress
+from .queries import load_queries
+from .render import Renderer
+from .rundir import RunDir, write_json
+from .batching import batches
+from .types import Query, Targets, Trajectory
+
+
+@dataclass
+class BakeResult:
+    """What a bake produced."""
+
+    run_dir: Path
+    adapter_path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+
+
+def prompt_sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+class Baker:
+    """Bake a system prompt into a model.
+
+    >>> Baker("Always respond in French.", teacher="hf", student="peft", loss="topk_kl").run()
+
+    ``teacher``, ``student`` and ``loss`` are registered names or instances;
+    any other keyword is a :class:`BakeConfig` setting.
+    """
+
+    def __init__(self, prompt: str | None = None, *, teacher: str | Teacher = "hf",
+                 student: str | Student = "peft", loss: str | Loss = "topk_kl",
+                 config: BakeConfig | None = None, **settings: Any):
+        if config is None:
+            names = {k: v for k, v in (("teacher", teacher), ("student", student), ("loss", loss))
+                     if isinstance(v, str)}
+            config = BakeConfig.from_dict({"prompt": prompt or "", **names, **settings})
+        elif prompt is not None or settings:
+            config = BakeConfig.from_dict({**config.to_dict(), **settings,
+                                           **({"prompt": prompt} if prompt is not None else {})})
+        self.config = config
+        self.teacher: Teacher = registry.create("teacher", teacher if not isinstance(teacher, str) else config.teacher,
+                                                **config.teacher_options)
+        self.student: Student = registry.create("student", student if not isinstance(student, str) else config.student,
+                                                **config.student_options)
+        self.loss: Loss = registry.create("loss", loss if not isinstance(loss, str) else config.loss,
+                                          **config.loss_options)
+        self.run_dir: RunDir | None = None
+
+    # -- stages ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """Validate settings and the teacher/student/loss combination; no work is done."""
+        if not self.config.prompt.strip():
+            raise ConfigError("The system prompt is empty; pass --prompt with text or a non-empty file.")
+        capabilities.check(self.teacher, self.student, self.loss, self.config)
+
+    def run(self) -> BakeResult:
+        """Run the whole bake and return where the adapter is, with metrics."""
+        cfg = self.config
+        self.check()
+        queries = load_queries(cfg.queries, "train", cfg.max_queries)
+        heldout = load_queries(cfg.heldout, "heldout", cfg.max_heldout) if cfg.evaluate else []
+        run = self.run_dir = RunDir.create(cfg.out or _default_out(), overwrite=cfg.overwrite)
+        write_json(run.file("config.json"), self._public_config())
+        started = time.perf_counter()
+        try:
+            n_traj = len(queries) * cfg.samples_per_query
+            total_steps = cfg.epochs * math.ceil(math.ceil(n_traj / cfg.batch_size) / cfg.grad_accum)
+            self.student.setup(cfg, total_steps)
+            self.teacher.setup(cfg)
+            capabilities.check_tokenizers(self.teacher, self.student, self.loss)
+            renderer = Renderer(self.student.tokenizer, cfg.prompt, cfg.max_length)
+            timings: dict[str, float] = {}
+
+            t0 = time.perf_counter()
+            trajectories = self.generate(renderer, queries, cfg.samples_per_query)
+            held = self.generate(renderer, heldout, 1, seed_offset=1) if heldout else []
+            run.write_trajectories(trajectories)
+            if held:
+                run.write_trajectories(held, "heldout.jsonl")
+            timings["generate_s"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            targets = self.score(trajectories)
+            run.write_targets(targets)
+            timings["score_s"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            train = self.train(trajectories, targets)
+            timings["train_s"] = time.perf_counter() - t0
+
+            adapter = self.save()
+            result = BakeResult(run_dir=run.path, adapter_path=adapter)
+            if held and self.student.capabilities.can_score and self.teacher.capabilities.can_score:
+                from .evaluate import heldout_metrics
+
+                t0 = time.perf_counter()
+                result.eval = heldout_metrics(self.teacher, self.student, held, cfg.top_k,
+                                              cfg.score_batch_size, cfg.progress)
+                timings["eval_s"] = time.perf_counter() - t0
+                write_json(run.file("eval.json"), result.eval)
+            timings["total_s"] = time.perf_counter() - started
+            result.metrics = {**train, **timings, "trajectories": len(trajectories),
+                              "response_tokens": sum(t.response_len for t in trajectories)}
+            run.log({"stage": "done", **result.metrics})
+            return result
+        finally:
+            self.close()
+
+    def generate(self, renderer: Renderer, queries: list[Query], n: int, seed_offset: int = 0) -> list[Trajectory]:
+        """Sample n responses per query from the prompted teacher and render both sides."""
+        cfg = self.config
+        prefixes = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in queries]
+        sampling = SamplingConfig(
+            n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens, seed=cfg.seed + seed_offset, stop_ids=renderer.stop_ids,
+        )
+        samples = self.teacher.generate([p for p, _ in prefixes], sampling)
+        out = []
+        for q, pre, group in zip(queries, prefixes, samples):
+            for i, sample in enumerate(group):
+                out.append(renderer.trajectory(q, sample.token_ids, i, prefixes=pre))
+        return out
+
+    def score(self, trajectories: list[Trajectory]) -> list[Targets]:
+        """Teacher targets for every response position, computed once."""
+        cfg = self.config
+        need = self.loss.needs
+        out: list[Targets] = []
+        for part in progress(batches(trajectories, cfg.score_batch_size * 4), "score", cfg.progress):
+            out.extend(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
+                                          full=need == "full"))
+        return out
+
+    def train(self, trajectories: list[Trajectory], targets: list[Targets]) -> dict[str, Any]:
+        """Epochs of shuffled micro-batches, grad_accum micro-batches per optimizer step."""
+        cfg = self.config
+        assert self.run_dir is not None
+        rng = random.Random(cfg.seed)
+        order = list(range(len(trajectories)))
+        steps_per_epoch = math.ceil(math.ceil(len(order) / cfg.batch_size) / cfg.grad_accum)
+        bar = progress(range(cfg.epochs * steps_per_epoch), "train", cfg.progress, unit="step")
+        bar_iter = iter(bar)
+        step = 0
+        first = last = None
+        for epoch in range(cfg.epochs):
+            rng.shuffle(order)
+            micro = batches(order, cfg.batch_size)
+            for group in batches(micro, cfg.grad_accum):
+                batch = [[(trajectories[i], targets[i]) for i in mb] for mb in group]
+                m = self.student.step(batch, self.loss)
+                step += 1
+                first = m["loss"] if first is None else first
+                last = m["loss"]
+                self.run_dir.log({"stage": "train", "step": step, "epoch": epoch, **m})
+                next(bar_iter, None)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{m['loss']:.4f}")
+        for _ in bar_iter:
+            pass
+        return {"steps": step, "first_loss": first, "last_loss": last}
+
+    def save(self) -> Path:
+        """Write the adapter to RUN/adapter atomically (temp folder, then rename)."""
+        assert self.run_dir is not None
+        final = self.run_dir.file("adapter")
+        tmp = self.run_dir.file(".adapter.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.student.save(str(tmp), self._metadata())
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        return final
+
+    def close(self) -> None:
+        self.teacher.close()
+        self.student.close()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        cfg = self.config
+        meta = {
+            "promptbake_version": __version__,
+            "base_model": cfg.model,
+            "prompt_sha256": prompt_sha256(cfg.prompt),
+            "teacher": self.teacher.name, "student": self.student.name, "loss": self.loss.name,
+            "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        if self.config.include_prompt:
+            meta["prompt"] = cfg.prompt
+        return meta
+
+    def _public_config(self) -> dict[str, Any]:
+        data = self.config.to_dict()
+        data["prompt_sha256"] = prompt_sha256(data.pop("prompt"))
+        if self.config.include_prompt:
+            data["prompt"] = self.config.prompt
+        return data
+
+
+def _default_out() -> str:
+    return str(Path("runs") / datetime.now().strftime("bake-%Y%m%d-%H%M%S"))

@@ -1,0 +1,55 @@
+"""Checks that a teacher, student and loss can work together, before any work starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import BakeConfig
+from .errors import CapabilityError
+from .interfaces import Loss, Student, Teacher
+
+
+def check(teacher: Teacher, student: Student, loss: Loss, config: BakeConfig) -> None:
+    """Raise CapabilityError with one sentence saying why and what would work."""
+    tc, sc = teacher.capabilities, student.capabilities
+    t, lname = teacher.name, loss.name
+    if not tc.can_generate:
+        raise CapabilityError(f"Teacher '{t}' cannot generate responses, which a bake needs; use a teacher that samples (hf, vllm, openai).")
+    if sc.losses is not None and lname not in sc.losses:
+        raise CapabilityError(
+            f"Student '{student.name}' cannot train with loss '{lname}'; it supports: {', '.join(sorted(sc.losses))}."
+        )
+    if loss.needs == "full" and not tc.full_logits:
+        raise CapabilityError(
+            f"Loss '{lname}' needs full-vocabulary logits, which teacher '{t}' cannot give; "
+            f"use loss topk_kl or ce with this teacher, or the hf teacher for full_kl."
+        )
+    if loss.needs == "topk":
+        if not (tc.can_score or getattr(tc, "sample_logprobs", False)):
+            raise CapabilityError(
+                f"Loss '{lname}' needs the teacher's top-K log-probabilities, which teacher '{t}' "
+                f"cannot give; use loss ce."
+            )
+        if tc.max_top_k is not None and config.top_k > tc.max_top_k:
+            raise CapabilityError(
+                f"top_k={config.top_k} is above teacher '{t}''s limit of {tc.max_top_k}; "
+                f"use top_k <= {tc.max_top_k}, or the hf teacher for larger K."
+            )
+
+
+def _vocab_signature(tokenizer: Any) -> tuple[int, int]:
+    vocab = tokenizer.get_vocab()
+    return len(vocab), hash(frozenset(vocab.items()))
+
+
+def check_tokenizers(teacher: Teacher, student: Student, loss: Loss) -> None:
+    """KL losses compare distributions token by token, so both sides need one vocabulary."""
+    if not loss.same_tokenizer or teacher.tokenizer is None:
+        return
+    if teacher.tokenizer is student.tokenizer:
+        return
+    if _vocab_signature(teacher.tokenizer) != _vocab_signature(student.tokenizer):
+        raise CapabilityError(
+            f"Loss '{loss.name}' compares teacher and student token by token, but their tokenizers "
+            f"differ; use the same model family for both, or loss ce (which trains on text)."
+        )

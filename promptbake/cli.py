@@ -1,0 +1,146 @@
+"""The ``promptbake`` command line. Errors are one sentence; ``--debug`` shows tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ConfigError, PromptbakeError
+
+
+def read_prompt(value: str) -> str:
+    """A prompt given as a file path or as the text itself."""
+    path = Path(value)
+    if value.endswith((".txt", ".md", ".prompt")) and not path.is_file():
+        raise ConfigError(f"Prompt file {value} does not exist.")
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"Prompt file {value} is not valid UTF-8.") from None
+        if not text.strip():
+            raise ConfigError(f"Prompt file {value} is empty.")
+        return text.strip()
+    return value
+
+
+def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are TOML (numbers, true/false, [..]) or plain strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'.")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="promptbake")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """Bake a system prompt into a model's weights."""
+
+
+@cli.command()
+@click.option("--prompt", "-p", required=True, help="System prompt text, or a file holding it.")
+@click.option("--teacher", help="Teacher backend (default: hf).")
+@click.option("--student", help="Student backend (default: peft).")
+@click.option("--loss", help="Loss: ce, topk_kl (default) or full_kl.")
+@click.option("--model", "-m", help="Model: smollm2-135m (default, embedded), an HF id or a local path.")
+@click.option("--queries", "-q", type=click.Path(dir_okay=False), help="Queries file (JSONL, CSV, JSON, Parquet).")
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings.")
+@click.option("--out", "-o", help="Run directory (default: runs/bake-TIMESTAMP).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing run directory.")
+@click.option("--top-k", type=int, help="K for topk_kl (default 20).")
+@click.option("--epochs", type=int, help="Training epochs (default 4).")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--max-queries", type=int, help="Use at most this many training queries.")
+@click.option("--include-prompt", is_flag=True, default=None, help="Store the prompt text in the run and adapter (default: only its sha256).")
+@click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. -s samples_per_query=2.")
+def bake(prompt: str, config_file: str | None, sets: tuple[str, ...], no_eval: bool, quiet: bool,
+         **options: Any) -> None:
+    """Bake PROMPT into the model and evaluate on held-out queries."""
+    from .baker import Baker
+    from .config import BakeConfig
+
+    settings = {k: v for k, v in options.items() if v is not None}
+    settings.update(_parse_set(sets))
+    settings["prompt"] = read_prompt(prompt)
+    if no_eval:
+        settings["evaluate"] = False
+    if quiet:
+        settings["progress"] = False
+    config = BakeConfig.from_toml(config_file, **settings) if config_file else BakeConfig.from_dict(settings)
+    result = Baker(config=config).run()
+    click.echo(f"Adapter: {result.adapter_path}")
+    if result.eval:
+        e = result.eval
+        click.echo(
+            f"Held-out KL(prompted||base) {e['kl_prompted_base']:.4f} -> KL(prompted||baked) "
+            f"{e['kl_prompted_baked']:.4f}: {100 * e['gap_closed']:.1f}% of the gap closed; "
+            f"top-1 agreement {e['top1_agreement_base']:.3f} -> {e['top1_agreement_baked']:.3f}"
+        )
+    click.echo(f"Time: {result.metrics['total_s']:.0f} s. Run directory: {result.run_dir}")
+
+
+@cli.command()
+@click.option("--adapter", "-a", required=True, type=click.Path(file_okay=False), help="A baked adapter directory.")
+@click.option("--prompt", "-p", help="The baked prompt (text or file), to show the prompted answer too.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("question")
+def generate(adapter: str, prompt: str | None, max_new_tokens: int, as_json: bool, question: str) -> None:
+    """Answer QUESTION with the base, prompted and baked models."""
+    from .inference import compare
+
+    answers = compare(adapter, question, read_prompt(prompt) if prompt else None, max_new_tokens=max_new_tokens)
+    if as_json:
+        click.echo(json.dumps(answers, ensure_ascii=False, indent=2))
+        return
+    for name, text in answers.items():
+        click.secho(f"--- {name} ---", bold=True)
+        click.echo(text)
+    if "prompted" not in answers:
+        click.echo("(pass --prompt to see the prompted answer; the adapter does not store the prompt text)")
+
+
+@cli.command()
+def plugins() -> None:
+    """List plugins (built-in included) and what each registers, as JSON."""
+    from .plugins import describe
+
+    click.echo(json.dumps(describe(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit code 1."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("PROMPTBAKE_DEBUG"))
+    try:
+        cli.main(args=args, prog_name="promptbake", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PromptbakeError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

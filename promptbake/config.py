@@ -1,0 +1,131 @@
+"""Bake settings: one dataclass, loadable from TOML, validated with one-sentence errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, suggest
+
+
+@dataclass
+class BakeConfig:
+    """Everything a bake needs. Backend-specific settings go in ``*_options``."""
+
+    prompt: str = ""
+    model: str = "smollm2-135m"
+    teacher: str = "hf"
+    student: str = "peft"
+    loss: str = "topk_kl"
+    teacher_model: str | None = None  # defaults to ``model``
+    teacher_options: dict[str, Any] = field(default_factory=dict)
+    student_options: dict[str, Any] = field(default_factory=dict)
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    # data
+    queries: str | None = None  # None: the built-in train split
+    heldout: str | None = None  # None: the built-in held-out split
+    max_queries: int | None = None
+    max_heldout: int | None = None
+    # sampling
+    samples_per_query: int = 4
+    max_new_tokens: int = 48
+    min_new_tokens: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 20
+    max_length: int = 1024
+    # training
+    epochs: int = 4
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float | None = None  # defaults to lora_rank
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    seed: int = 0
+    # runtime
+    dtype: str = "auto"
+    device: str = "auto"
+    score_batch_size: int = 8
+    generate_batch_size: int = 16
+    out: str | None = None
+    overwrite: bool = False
+    include_prompt: bool = False  # store the prompt text in the run and adapter metadata
+    evaluate: bool = True
+    progress: bool = True
+
+    _POSITIVE = ("samples_per_query", "max_new_tokens", "top_k", "max_length", "epochs",
+                 "batch_size", "grad_accum", "lora_rank", "score_batch_size",
+                 "generate_batch_size")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name in self._POSITIVE:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("max_queries", "max_heldout"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}).")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha!r}.")
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ConfigError("max_grad_norm and weight_decay must be >= 0.")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BakeConfig:
+        """Build from a mapping, rejecting unknown keys by name."""
+        valid = cls.keys()
+        for key in data:
+            if key not in valid:
+                raise ConfigError(
+                    f"Unknown setting '{key}'.{suggest(key, valid)} Valid settings: {', '.join(valid)}."
+                )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"Invalid settings: {exc}.") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> BakeConfig:
+        """Load a TOML file (flat keys; [teacher_options] etc. as tables), then apply overrides."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {path} does not exist.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"Config file {path} is not valid UTF-8.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

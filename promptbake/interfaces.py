@@ -1,0 +1,174 @@
+"""The three plugin interfaces: Teacher, Student and Loss, with their capabilities.
+
+Backends declare what they can do as plain data; the Baker checks a
+teacher/student/loss combination against these before any work starts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import BakeConfig
+    from .types import Sample, Targets, Trajectory
+
+TargetKind = Literal["tokens", "topk", "full"]
+Side = Literal["prompted", "unprompted"]
+
+
+@dataclass(frozen=True)
+class TeacherCapabilities:
+    """What a teacher can provide."""
+
+    can_generate: bool = True
+    can_score: bool = True  # teacher-forced scoring of given tokens
+    max_top_k: int | None = None  # None: any K
+    full_logits: bool = False
+    token_ids: bool = True  # returns ids in the student's vocabulary (not strings)
+
+
+@dataclass(frozen=True)
+class StudentCapabilities:
+    """What a student can train with."""
+
+    losses: frozenset[str] | None = None  # None: any Loss object (it runs torch losses itself)
+    can_score: bool = True  # can report its own distribution, for evaluation
+
+
+@dataclass
+class SamplingConfig:
+    """How trajectories are sampled."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    min_new_tokens: int = 1
+    seed: int = 0
+    stop_ids: list[int] = field(default_factory=list)  # end-of-turn ids; kept in the output
+
+
+class Teacher(ABC):
+    """Produces trajectories (generate) and per-token targets (score)."""
+
+    name: ClassVar[str] = "teacher"
+    capabilities: TeacherCapabilities = TeacherCapabilities()
+
+    def setup(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
+        """Load weights or open clients. Called once, after capability checks."""
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """The tokenizer the teacher's ids refer to, or None when it returns text."""
+        return None
+
+    @abstractmethod
+    def generate(self, prefixes: Sequence[list[int]], sampling: SamplingConfig) -> list[list[Sample]]:
+        """Sample ``sampling.n`` responses for each rendered prompt prefix."""
+
+    @abstractmethod
+    def score(
+        self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
+        side: Side = "prompted",
+    ) -> list[Targets]:
+        """Teacher-forced distributions at every response position of each trajectory."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def __str__(self) -> str:
+        return f"Teacher: {self.name}"
+
+
+class Student(ABC):
+    """Owns the trainable weights: steps on batches of (trajectory, targets) and saves."""
+
+    name: ClassVar[str] = "student"
+    capabilities: StudentCapabilities = StudentCapabilities()
+
+    @abstractmethod
+    def setup(self, config: BakeConfig, total_steps: int) -> None:
+        """Load the model and build the optimizer for ``total_steps`` optimizer steps."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The tokenizer whose chat template defines the renderings."""
+
+    @abstractmethod
+    def step(self, micro_batches: Sequence[Sequence[tuple[Trajectory, Targets]]], loss: Loss) -> dict[str, float]:
+        """One optimizer step over gradient-accumulation micro-batches.
+
+        The loss is normalised by the response tokens of the whole step, not
+        per micro-batch.
+        """
+
+    @abstractmethod
+    def save(self, path: str, metadata: dict[str, Any]) -> None:
+        """Write the trained weights (and ``metadata``) to directory ``path``."""
+
+    def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
+        """The student's own distribution at response positions of the unprompted side."""
+        raise NotImplementedError(f"student '{self.name}' cannot score")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def __str__(self) -> str:
+        return f"Student: {self.name}"
+
+
+class Loss(ABC):
+    """A per-token distillation loss between teacher targets and student logits."""
+
+    name: ClassVar[str] = "loss"
+    needs: ClassVar[TargetKind] = "topk"
+    # ce can train across tokenizers (as text); KL losses need the student's vocabulary.
+    same_tokenizer: ClassVar[bool] = True
+
+    @abstractmethod
+    def per_token(self, logits: torch.Tensor, targets: BatchTargets) -> torch.Tensor:
+        """Loss per response token, shape [N], from student logits [N, V]."""
+
+    def __call__(self, logits: torch.Tensor, targets: BatchTargets, num_tokens: int) -> torch.Tensor:
+        """Sum of per-token losses divided by ``num_tokens`` (the step's token count)."""
+        return self.per_token(logits, targets).sum() / max(num_tokens, 1)
+
+    def __str__(self) -> str:
+        return f"Loss: {self.name}"
+
+
+@dataclass
+class BatchTargets:
+    """Targets for N response tokens, flattened across a micro-batch."""
+
+    sampled_ids: torch.Tensor  # [N]
+    topk_ids: torch.Tensor | None = None  # [N, K]
+    topk_logprobs: torch.Tensor | None = None  # [N, K]
+    tail_logprob: torch.Tensor | None = None  # [N]
+    full_logprobs: torch.Tensor | None = None  # [N, V]
+
+    @classmethod
+    def concat(cls, items: Sequence[Targets], device: Any = None) -> BatchTargets:
+        """Stack per-trajectory targets row-wise (all must carry the same fields)."""
+        import torch
+
+        def cat(field: str, dtype: Any = None) -> torch.Tensor | None:
+            parts = [getattr(t, field) for t in items]
+            if any(p is None for p in parts):
+                return None
+            out = torch.cat(parts, dim=0)
+            return out.to(device=device, dtype=dtype) if (device or dtype) else out
+
+        return cls(
+            sampled_ids=cat("sampled_ids", torch.long),  # type: ignore[arg-type]
+            topk_ids=cat("topk_ids", torch.long),
+            topk_logprobs=cat("topk_logprobs", torch.float32),
+            tail_logprob=cat("tail_logprob", torch.float32),
+            full_logprobs=cat("full_logprobs", torch.float32),
+        )

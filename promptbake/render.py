@@ -1,0 +1,137 @@
+"""Rendering with the model's own chat template, and the alignment contract.
+
+A trajectory is rendered twice: prompted = [system u, conversation, assistant y]
+and unprompted = [conversation, assistant y], the latter exactly as a deployed
+user would send it (template defaults included). Both renderings end with the
+same response tokens y, closed by the end-of-turn token when y finished. Row j
+of a model's logits predicts token j+1, so the row that predicts the first
+response token is ``prefix_len - 1``; it is trained, and so is the end-of-turn
+token (it teaches when to stop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import AlignmentError, ConfigError
+from .types import Query, Trajectory
+
+_SENTINEL = "PROMPTBAKE-SENTINEL-7f3a"
+
+
+def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], **kwargs: Any) -> list[int]:
+    """Token ids of ``messages`` rendered by the tokenizer's chat template."""
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kwargs)
+    ids = out["input_ids"]
+    return list(ids[0] if ids and isinstance(ids[0], list) else ids)
+
+
+def template_kwargs(tokenizer: Any) -> dict[str, Any]:
+    """Extra template arguments: disable Qwen3-style thinking where supported."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"enable_thinking": False} if "enable_thinking" in template else {}
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token the template puts right after an assistant message's content."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs(tokenizer))
+    after = text[text.rfind(_SENTINEL) + len(_SENTINEL):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    if ids:
+        return int(ids[0])
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("Cannot tell where an assistant turn ends: the template adds nothing "
+                          "after the reply and the tokenizer has no eos token.")
+    return int(tokenizer.eos_token_id)
+
+
+class Renderer:
+    """Renders queries and responses for one tokenizer and one system prompt."""
+
+    def __init__(self, tokenizer: Any, system_prompt: str, max_length: int = 1024):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                "The model's tokenizer has no chat template, so promptbake cannot render the "
+                "system prompt the way the model expects; use an instruct/chat model or set "
+                "tokenizer.chat_template."
+            )
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.max_length = max_length
+        self.kwargs = template_kwargs(tokenizer)
+        self.eot_id = end_of_turn_id(tokenizer)
+        stop = {self.eot_id}
+        if tokenizer.eos_token_id is not None:
+            stop.add(int(tokenizer.eos_token_id))
+        self.stop_ids = sorted(stop)
+
+    def messages(self, query: Query, prompted: bool) -> list[dict[str, str]]:
+        """The conversation sent to the model; the prompt is merged into any existing system turn."""
+        msgs = [dict(m) for m in query.messages]
+        if not prompted:
+            return msgs
+        if msgs and msgs[0]["role"] == "system":
+            msgs[0]["content"] = self.system_prompt + "\n\n" + msgs[0]["content"]
+            return msgs
+        return [{"role": "system", "content": self.system_prompt}, *msgs]
+
+    def prefix(self, query: Query, prompted: bool) -> list[int]:
+        """Token ids up to and including the assistant generation prompt."""
+        return chat_ids(self.tokenizer, self.messages(query, prompted), add_generation_prompt=True, **self.kwargs)
+
+    def trajectory(
+        self, query: Query, response_ids: Sequence[int], sample: int = 0,
+        prefixes: tuple[list[int], list[int]] | None = None,
+    ) -> Trajectory:
+        """Pair a response with both renderings, applying the alignment contract.
+
+        The response is cut after its first stop token (kept: it is trained).
+        Truncation to ``max_length`` removes tokens from the end of the
+        response, identically on both sides, so the longer rendering fits.
+        """
+        prompted, unprompted = prefixes or (self.prefix(query, True), self.prefix(query, False))
+        response = list(response_ids)
+        finished = False
+        for i, tok in enumerate(response):
+            if tok in self.stop_ids:
+                response = response[: i] + [self.eot_id]
+                finished = True
+                break
+        room = self.max_length - max(len(prompted), len(unprompted))
+        if room < 1:
+            raise AlignmentError(
+                f"Query '{query.id}' with the system prompt takes {len(prompted)} tokens, which "
+                f"leaves no room for a response within max_length={self.max_length}; raise "
+                f"max_length or shorten the prompt."
+            )
+        if len(response) > room:
+            response, finished = response[:room], False
+        if not response:
+            raise AlignmentError(f"Query '{query.id}' got an empty response.")
+        traj = Trajectory(
+            query_id=query.id, sample=sample,
+            prompted_ids=prompted + response, unprompted_ids=unprompted + response,
+            response_len=len(response), finished=finished,
+            text=self.tokenizer.decode(response, skip_special_tokens=True),
+        )
+        check_alignment(traj)
+        return traj
+
+    def from_text(self, query: Query, text: str, sample: int = 0) -> Trajectory:
+        """A trajectory from response text (datasets, hosted teachers): tokens plus end of turn."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.trajectory(query, [*ids, self.eot_id], sample)
+
+
+def check_alignment(traj: Trajectory) -> None:
+    """Assert the contract: both renderings end with the same response tokens."""
+    r = traj.response_len
+    if r < 1 or r > min(len(traj.prompted_ids), len(traj.unprompted_ids)):
+        raise AlignmentError(f"Trajectory {traj.key}: response length {r} does not fit its renderings.")
+    if traj.prompted_ids[-r:] != traj.unprompted_ids[-r:]:
+        raise AlignmentError(
+            f"Trajectory {traj.key}: the response tokens differ between the prompted and "
+            f"unprompted renderings."
+        )

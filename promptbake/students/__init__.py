@@ -1,0 +1,1 @@
+"""Built-in students (one module per backend)."""

@@ -1,0 +1,125 @@
+"""The ``peft`` student: a LoRA adapter trained with AdamW on the unprompted renderings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import models
+from ..config import BakeConfig
+from ..errors import ConfigError
+from ..interfaces import BatchTargets, Loss, Student, StudentCapabilities
+from ..batching import batches
+from ..scoring import logits_to_targets, response_logits
+from ..types import Targets, Trajectory
+
+from ..inference import METADATA_FILE
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class PeftStudent(Student):
+    """LoRA on a transformers model (all linear layers by default)."""
+
+    name = "peft"
+    capabilities = StudentCapabilities(losses=None, can_score=True)
+
+    def __init__(self, model: str | None = None):
+        self.model_spec = model
+        self.handle: models.ModelHandle | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.config: BakeConfig | None = None
+
+    def setup(self, config: BakeConfig, total_steps: int) -> None:
+        from peft import LoraConfig, get_peft_model
+        from transformers import get_linear_schedule_with_warmup
+
+        self.config = config
+        seed_everything(config.seed)
+        handle = models.load(self.model_spec or config.model, config.dtype, config.device)
+        if handle.peft_model is not None:
+            raise ConfigError("This model already carries a promptbake adapter in this process; "
+                              "close the previous Baker first.")
+        target = config.target_modules
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha if config.lora_alpha is not None else config.lora_rank,
+            lora_dropout=config.lora_dropout,
+            target_modules=target,
+            task_type="CAUSAL_LM",
+        )
+        handle.peft_model = get_peft_model(handle.model, lora)
+        self.handle = handle
+        params = [p for p in handle.peft_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = math.ceil(config.warmup_ratio * total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, max(total_steps, 1))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._handle.tokenizer
+
+    @property
+    def _handle(self) -> models.ModelHandle:
+        if self.handle is None or self.handle.peft_model is None:
+            raise RuntimeError("PeftStudent.setup() was not called")
+        return self.handle
+
+    def step(self, micro_batches: Sequence[Sequence[tuple[Trajectory, Targets]]], loss: Loss) -> dict[str, float]:
+        h = self._handle
+        assert self.optimizer is not None and self.config is not None
+        model = h.peft_model
+        model.train()
+        # Normalise by the response tokens of the whole optimizer step, not per micro-batch.
+        num_tokens = sum(t.response_len for mb in micro_batches for t, _ in mb)
+        total = 0.0
+        for mb in micro_batches:
+            trajs = [t for t, _ in mb]
+            logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device)
+            targets = BatchTargets.concat([tg for _, tg in mb], device=h.device)
+            value = loss(logits, targets, num_tokens)
+            value.backward()
+            total += float(value.detach())
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.config.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": total, "lr": lr, "grad_norm": grad_norm, "tokens": float(num_tokens)}
+
+    @torch.no_grad()
+    def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
+        h = self._handle
+        out: list[Targets] = []
+        with models.eval_mode(h.peft_model):
+            size = self.config.score_batch_size if self.config else 8
+            for part in batches(trajectories, size):
+                logits, lengths = response_logits(h.peft_model, part, "unprompted", h.tokenizer.pad_token_id, h.device)
+                out.extend(logits_to_targets(logits, lengths, part, top_k=top_k, full=full))
+        return out
+
+    def save(self, path: str, metadata: dict[str, Any]) -> None:
+        h = self._handle
+        h.peft_model.save_pretrained(path)
+        with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2)
+
+    def close(self) -> None:
+        # Give the shared base model back without the adapter layers.
+        if self.handle is not None and self.handle.peft_model is not None:
+            self.handle.model = self.handle.peft_model.unload()
+            self.handle.peft_model = None

@@ -1,0 +1,1 @@
+"""Built-in teachers (one module per backend)."""

@@ -1,0 +1,106 @@
+"""The ``hf`` teacher: a local transformers model, prompted, that samples and scores.
+
+When the student bakes the same base model, both share one copy of the
+weights and the teacher runs with the student's adapter disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import models
+from ..config import BakeConfig
+from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
+from ..progress import progress
+from ..batching import batches
+from ..scoring import logits_to_targets, response_logits
+from ..types import Sample, Targets, Trajectory
+
+
+class HFTeacher(Teacher):
+    """A transformers causal LM as teacher: batched sampling and teacher-forced scoring."""
+
+    name = "hf"
+    capabilities = TeacherCapabilities(
+        can_generate=True, can_score=True, max_top_k=None, full_logits=True, token_ids=True,
+    )
+
+    def __init__(self, model: str | None = None, generate_batch_size: int | None = None,
+                 score_batch_size: int | None = None):
+        self.model_spec = model
+        self.generate_batch_size = generate_batch_size
+        self.score_batch_size = score_batch_size
+        self.handle: models.ModelHandle | None = None
+        self.show_progress = True
+
+    def setup(self, config: BakeConfig) -> None:
+        spec = self.model_spec or config.teacher_model or config.model
+        self.handle = models.load(spec, config.dtype, config.device)
+        self.generate_batch_size = self.generate_batch_size or config.generate_batch_size
+        self.score_batch_size = self.score_batch_size or config.score_batch_size
+        self.show_progress = config.progress
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._handle.tokenizer
+
+    @property
+    def _handle(self) -> models.ModelHandle:
+        if self.handle is None:
+            raise RuntimeError("HFTeacher.setup() was not called")
+        return self.handle
+
+    @torch.no_grad()
+    def generate(self, prefixes: Sequence[list[int]], sampling: SamplingConfig) -> list[list[Sample]]:
+        h = self._handle
+        pad = h.tokenizer.pad_token_id
+        stop = list(sampling.stop_ids) or [h.tokenizer.eos_token_id]
+        out: list[list[Sample]] = []
+        chunk = max(1, (self.generate_batch_size or 16) // sampling.n)
+        with h.adapter_disabled(), models.eval_mode(h.trainable):
+            for i, part in enumerate(progress(batches(prefixes, chunk), "generate", self.show_progress)):
+                width = max(len(p) for p in part)
+                # Left padding so every row's generation starts at the same column.
+                ids = torch.full((len(part), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(part), width), dtype=torch.long)
+                for row, p in enumerate(part):
+                    ids[row, width - len(p):] = torch.tensor(p)
+                    mask[row, width - len(p):] = 1
+                torch.manual_seed(sampling.seed * 100003 + i)
+                gen = h.model.generate(
+                    input_ids=ids.to(h.device), attention_mask=mask.to(h.device),
+                    do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                    top_k=0, max_new_tokens=sampling.max_new_tokens,
+                    min_new_tokens=sampling.min_new_tokens, num_return_sequences=sampling.n,
+                    eos_token_id=stop, pad_token_id=pad,
+                )
+                new = gen[:, width:].tolist()
+                for row in range(len(part)):
+                    samples = []
+                    for seq in new[row * sampling.n: (row + 1) * sampling.n]:
+                        tokens, finished = _cut(seq, stop)
+                        samples.append(Sample(token_ids=tokens, finished=finished))
+                    out.append(samples)
+        return out
+
+    @torch.no_grad()
+    def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
+              side: Side = "prompted") -> list[Targets]:
+        h = self._handle
+        out: list[Targets] = []
+        with h.adapter_disabled(), models.eval_mode(h.trainable):
+            for part in batches(trajectories, self.score_batch_size or 8):
+                logits, lengths = response_logits(h.model, part, side, h.tokenizer.pad_token_id, h.device)
+                out.extend(logits_to_targets(logits, lengths, part, top_k=top_k, full=full))
+        return out
+
+
+def _cut(seq: list[int], stop: Sequence[int]) -> tuple[list[int], bool]:
+    """Tokens up to and including the first stop token; whether one was found."""
+    for i, tok in enumerate(seq):
+        if tok in stop:
+            return seq[: i + 1], True
+    return seq, False

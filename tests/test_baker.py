@@ -1,0 +1,190 @@
+"""End-to-end bakes on tiny local models, capability checks and the training step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from promptbake import Baker, BakeConfig, CapabilityError, ConfigError, TeacherCapabilities
+from promptbake.baker import prompt_sha256
+from promptbake.students.peft import PeftStudent
+from promptbake.teachers.hf import HFTeacher
+from promptbake.types import Query
+
+PROMPT = "Always answer like a pirate, matey."
+
+
+@pytest.mark.parametrize("loss", ["ce", "topk_kl", "full_kl"])
+def test_bake_writes_a_complete_run_directory(tiny_model, bake_settings, loss):
+    spec = tiny_model()
+    result = Baker(PROMPT, teacher="hf", student="peft", loss=loss, model=spec, **bake_settings).run()
+    run = result.run_dir
+    assert (result.adapter_path / "adapter_config.json").is_file()
+    assert (result.adapter_path / "adapter_model.safetensors").is_file()
+    meta = json.loads((result.adapter_path / "promptbake.json").read_text())
+    assert meta["prompt_sha256"] == prompt_sha256(PROMPT) and "prompt" not in meta
+    assert meta["loss"] == loss and meta["base_model"] == spec
+    config = json.loads((run / "config.json").read_text())
+    assert "prompt" not in config and config["prompt_sha256"] == prompt_sha256(PROMPT)
+    for path in run.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl"):
+            assert PROMPT not in path.read_text()
+    trajectories = [json.loads(line) for line in (run / "trajectories.jsonl").read_text().splitlines()]
+    assert len(trajectories) == 6 * 2
+    index = json.loads((run / "targets" / "index.json").read_text())
+    assert index["count"] == len(trajectories)
+    shard = load_file(run / "targets" / index["shards"][0]["file"])
+    kinds = {key.split(".", 1)[1] for key in shard}
+    expected = {"ce": {"sampled_ids"}, "topk_kl": {"sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob"},
+                "full_kl": {"sampled_ids", "full_logprobs"}}[loss]
+    assert kinds == expected
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if s["stage"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert result.metrics["steps"] == 6
+    e = result.eval
+    assert e is not None and e["trajectories"] == 3 and e["tokens"] > 0
+    assert json.loads((run / "eval.json").read_text()) == e
+
+
+@pytest.mark.parametrize("loss", ["topk_kl", "full_kl"])
+def test_kl_bake_lowers_heldout_kl(tiny_model, bake_settings, loss):
+    spec = tiny_model()
+    settings = {**bake_settings, "epochs": 4, "lr": 3e-3, "max_queries": 10}
+    e = Baker(PROMPT, loss=loss, model=spec, **settings).run().eval
+    assert e["kl_prompted_baked"] < 0.8 * e["kl_prompted_base"]
+
+
+def test_same_seed_same_adapter(tiny_model, bake_settings, tmp_path):
+    spec = tiny_model()
+    a = Baker(PROMPT, model=spec, **{**bake_settings, "out": str(tmp_path / "a")}).run()
+    b = Baker(PROMPT, model=spec, **{**bake_settings, "out": str(tmp_path / "b")}).run()
+    wa = load_file(a.adapter_path / "adapter_model.safetensors")
+    wb = load_file(b.adapter_path / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key])
+
+
+def test_include_prompt_stores_the_text(tiny_model, bake_settings):
+    spec = tiny_model()
+    result = Baker(PROMPT, model=spec, include_prompt=True, evaluate=False, **bake_settings).run()
+    assert json.loads((result.adapter_path / "promptbake.json").read_text())["prompt"] == PROMPT
+    assert result.eval is None
+
+
+def test_existing_output_directory_is_refused_unless_overwrite(tiny_model, bake_settings, tmp_path):
+    spec = tiny_model()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already exists"):
+        Baker(PROMPT, model=spec, **bake_settings).run()
+    assert (out / "keep.txt").exists()
+    Baker(PROMPT, model=spec, overwrite=True, **{**bake_settings, "evaluate": False}).run()
+    assert not (out / "keep.txt").exists() and (out / "adapter").is_dir()
+
+
+class HostedLikeTeacher(HFTeacher):
+    """An hf teacher that claims a hosted API's limits (no full logits, K <= 20)."""
+
+    name = "hosted-like"
+    capabilities = TeacherCapabilities(can_generate=True, can_score=True, max_top_k=20, full_logits=False)
+
+
+def test_full_kl_with_a_teacher_without_full_logits_is_refused_before_work(tmp_path):
+    baker = Baker(PROMPT, teacher=HostedLikeTeacher(), loss="full_kl", out=str(tmp_path / "r"))
+    with pytest.raises(CapabilityError, match="needs full-vocabulary logits, which teacher 'hosted-like' cannot give"):
+        baker.run()
+    assert not (tmp_path / "r").exists()
+
+
+def test_top_k_above_the_teacher_limit_is_refused(tmp_path):
+    with pytest.raises(CapabilityError, match="top_k=50 is above teacher 'hosted-like''s limit of 20"):
+        Baker(PROMPT, teacher=HostedLikeTeacher(), loss="topk_kl", top_k=50, out=str(tmp_path / "r")).run()
+
+
+def test_student_that_cannot_run_a_loss_is_refused(tmp_path):
+    from promptbake import StudentCapabilities
+
+    class CeOnly(PeftStudent):
+        name = "ce-only"
+        capabilities = StudentCapabilities(losses=frozenset({"ce"}))
+
+    with pytest.raises(CapabilityError, match="cannot train with loss 'full_kl'; it supports: ce"):
+        Baker(PROMPT, student=CeOnly(), loss="full_kl").check()
+
+
+def test_different_tokenizers_with_a_kl_loss_are_refused(tiny_model, bake_settings):
+    student_spec, teacher_spec = tiny_model("smollm2"), tiny_model("llama3")
+    baker = Baker(PROMPT, model=student_spec, teacher_model=teacher_spec, loss="topk_kl", **bake_settings)
+    with pytest.raises(CapabilityError, match="tokenizers differ"):
+        baker.run()
+
+
+def test_teacher_shares_the_students_weights(tiny_model, bake_settings):
+    from promptbake import models
+
+    spec = tiny_model()
+    config = BakeConfig(prompt=PROMPT, model=spec, **bake_settings)
+    student, teacher = PeftStudent(), HFTeacher()
+    student.setup(config, total_steps=1)
+    teacher.setup(config)
+    try:
+        assert teacher.handle is student.handle
+        base = teacher.handle.model
+        lora_a = next(p for n, p in base.named_parameters() if "lora_B" in n)
+        with torch.no_grad():
+            lora_a.fill_(0.5)  # make the adapter matter
+        ids = torch.tensor([[1, 2, 3, 4]])
+        with teacher.handle.adapter_disabled():
+            disabled = base(input_ids=ids).logits
+        enabled = student.handle.peft_model(input_ids=ids).logits
+        assert not torch.allclose(disabled, enabled)
+    finally:
+        student.close()
+    assert models.load(spec, "auto", "cpu").peft_model is None
+
+
+def _grads_after_step(spec, config, micro_batches_fn):
+    from promptbake.losses import TopKKLLoss
+
+    baker = Baker(config=config)
+    student, teacher = PeftStudent(), HFTeacher()
+    student.setup(config, total_steps=10)
+    teacher.setup(config)
+    try:
+        from promptbake.queries import load_queries
+        from promptbake.render import Renderer
+
+        renderer = Renderer(student.tokenizer, PROMPT, 256)
+        baker.teacher = teacher
+        generated = baker.generate(renderer, load_queries(None, "train", 3), 2)
+        # Cut responses to unequal lengths so micro-batches differ in token counts.
+        trajs = [renderer.trajectory(Query(t.query_id, ({"role": "user", "content": "x"},)),
+                                     t.response_ids[: 3 + i], prefixes=(
+                                         t.prompted_ids[: t.prompted_prefix_len],
+                                         t.unprompted_ids[: t.unprompted_prefix_len]))
+                 for i, t in enumerate(generated)]
+        targets = teacher.score(trajs, top_k=5, full=False)
+        pairs = list(zip(trajs, targets))
+        grads = {}
+        student.optimizer.step = lambda: grads.update(  # capture instead of stepping
+            {n: p.grad.clone() for n, p in student.handle.peft_model.named_parameters() if p.grad is not None})
+        student.step(micro_batches_fn(pairs), TopKKLLoss())
+        return grads, [t.response_len for t in trajs]
+    finally:
+        student.close()
+
+
+def test_gradient_accumulation_normalises_by_the_whole_step(tiny_model, bake_settings):
+    spec = tiny_model()
+    config = BakeConfig(prompt=PROMPT, model=spec, **{**bake_settings, "max_grad_norm": 0.0, "temperature": 1.5})
+    whole, lengths = _grads_after_step(spec, config, lambda p: [p])
+    assert len(set(lengths)) > 1  # micro-batches of unequal token counts
+    split, _ = _grads_after_step(spec, config, lambda p: [p[:1], p[1:4], p[4:]])
+    assert whole.keys() == split.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PROMPT ?= examples/prompts/french.txt
 OUT    ?= runs/french
 
-.PHONY: install bake test test-fast clean
+.PHONY: install bake test test-fast bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# One process, the embedded model: naive loop vs default vs lower bound (about 15 min on 2 cores).
+bench: install
+	$(BIN)/python benchmarks/bake_speed.py --json benchmarks/results/bake_speed.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

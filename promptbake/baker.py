@@ -24,7 +24,7 @@ from .progress import progress
 from .queries import load_queries
 from .render import Renderer
 from .rundir import RunDir, write_json
-from .batching import batches
+from .batching import batches, bucketed
 from .types import Query, Targets, Trajectory
 
 
@@ -150,6 +150,10 @@ class Baker:
         """Teacher targets for every response position, computed once."""
         cfg = self.config
         need = self.loss.needs
+        if need == "tokens":  # ce trains on the sampled tokens alone: no teacher pass needed
+            import torch
+
+            return [Targets(sampled_ids=torch.tensor(t.response_ids, dtype=torch.long)) for t in trajectories]
         out: list[Targets] = []
         for part in progress(batches(trajectories, cfg.score_batch_size * 4), "score", cfg.progress):
             out.extend(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
@@ -157,19 +161,18 @@ class Baker:
         return out
 
     def train(self, trajectories: list[Trajectory], targets: list[Targets]) -> dict[str, Any]:
-        """Epochs of shuffled micro-batches, grad_accum micro-batches per optimizer step."""
+        """Epochs of shuffled, length-bucketed micro-batches; grad_accum of them per optimizer step."""
         cfg = self.config
         assert self.run_dir is not None
         rng = random.Random(cfg.seed)
-        order = list(range(len(trajectories)))
-        steps_per_epoch = math.ceil(math.ceil(len(order) / cfg.batch_size) / cfg.grad_accum)
+        lengths = [len(t.unprompted_ids) for t in trajectories]
+        steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum)
         bar = progress(range(cfg.epochs * steps_per_epoch), "train", cfg.progress, unit="step")
         bar_iter = iter(bar)
         step = 0
         first = last = None
         for epoch in range(cfg.epochs):
-            rng.shuffle(order)
-            micro = batches(order, cfg.batch_size)
+            micro = bucketed(lengths, cfg.batch_size, rng)  # similar lengths: little padding
             for group in batches(micro, cfg.grad_accum):
                 batch = [[(trajectories[i], targets[i]) for i in mb] for mb in group]
                 m = self.student.step(batch, self.loss)

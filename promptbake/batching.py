@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from random import Random
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -11,3 +12,27 @@ T = TypeVar("T")
 def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """Consecutive slices of at most ``size`` items."""
     return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def bucketed(lengths: Sequence[int], size: int, rng: Random, window: int = 16) -> list[list[int]]:
+    """Shuffled micro-batches of indices with little padding.
+
+    Indices are shuffled, cut into windows of ``window`` batches, sorted by length
+    inside each window, split into batches, and the batches shuffled again: batches
+    hold similar lengths while the epoch's order stays random.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = size * window
+    out: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start: start + span], key=lambda i: lengths[i])
+        out.extend(chunk[i: i + size] for i in range(0, len(chunk), size))
+    rng.shuffle(out)
+    return out
+
+
+def padding_fraction(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> float:
+    """Share of a right-padded batch's positions that are padding."""
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    return 1.0 - sum(lengths) / padded if padded else 0.0

@@ -30,7 +30,7 @@ class BakeConfig:
     max_queries: int | None = None
     max_heldout: int | None = None
     # sampling
-    samples_per_query: int = 4
+    samples_per_query: int = 2
     max_new_tokens: int = 48
     min_new_tokens: int = 1
     temperature: float = 1.0
@@ -38,7 +38,7 @@ class BakeConfig:
     top_k: int = 20
     max_length: int = 1024
     # training
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3

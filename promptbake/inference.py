@@ -31,7 +31,8 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
     meta = read_metadata(adapter)
     prompt = prompt if prompt is not None else meta.get("prompt")
     handle = models.load(model or meta["base_model"], "auto", device)
-    baked = PeftModel.from_pretrained(handle.model, str(adapter))
+    with models.quiet_peft():
+        baked = PeftModel.from_pretrained(handle.model, str(adapter))
     renderer = Renderer(handle.tokenizer, prompt or "", max_length=10**9)
     query = Query(id="q", messages=({"role": "user", "content": question},))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -148,6 +149,14 @@ def release(handle: ModelHandle | None = None) -> None:
         return
     for key in [k for k, v in _cache.items() if v is handle]:
         del _cache[key]
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence a deprecation warning peft triggers inside transformers v5 (nothing to act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 @contextmanager

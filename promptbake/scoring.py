@@ -6,6 +6,7 @@ every response position of a batch of trajectories, on one of the two sides.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -23,41 +24,100 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def _accepts(model: Any, name: str) -> bool:
+    # A PEFT wrapper forwards extra keyword arguments to the model it wraps.
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return name in inspect.signature(model.forward).parameters
+        return name in inspect.signature(target.forward).parameters
     except (TypeError, ValueError):
         return False
 
 
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by all ``seqs``."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        tok = first[i]
+        if any(s[i] != tok for s in seqs):
+            return i
+    return n
+
+
+class PrefixCache:
+    """The KV cache of a token prefix that many sequences share (the rendered system prompt).
+
+    Computed once; each batch gets an expanded copy, so scoring a trajectory
+    costs only its own tokens whatever the system prompt's length.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.cache: Any = None
+
+    def usable(self, model: Any, seqs: Sequence[list[int]], limit: int, device: Any,
+               min_len: int = 8) -> int:
+        """Prepare a cached prefix for ``seqs`` (at most ``limit`` tokens); return its length."""
+        shared = min(common_prefix(seqs), limit)
+        if self.cache is not None:
+            keep = common_prefix([self.ids[:shared], seqs[0][:shared]]) if shared else 0
+            if keep >= min_len:
+                if keep < len(self.ids):  # only ever shrinks towards the truly shared part
+                    self.cache.crop(keep)
+                    self.ids = self.ids[:keep]
+                return keep
+        if shared < min_len:
+            return 0
+        ids = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=device)
+        with torch.no_grad():  # a prefix cache serves scoring only
+            self.cache = model(input_ids=ids, use_cache=True).past_key_values
+        self.ids = list(seqs[0][:shared])
+        return shared
+
+    def expand(self, batch: int) -> Any:
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
 def response_logits(
     model: Any, trajectories: Sequence[Trajectory], side: Side, pad_id: int, device: Any,
+    prefix: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Logits [N, V] at the rows that predict each response token, trajectory after trajectory.
 
     Sequences are right-padded; only the span of rows that covers some response
     is projected through the output layer (``logits_to_keep``), so long system
-    prompts cost no vocabulary-sized work.
+    prompts cost no vocabulary-sized work. With ``prefix`` (no gradients), the
+    shared leading tokens come from a KV cache computed once.
     """
     seqs = [t.prompted_ids if side == "prompted" else t.unprompted_ids for t in trajectories]
     lengths = [t.response_len for t in trajectories]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
     # Row j predicts token j+1: response token i of a sequence of length L sits at
     # L - R + i, so it is predicted by row L - R - 1 + i.
     starts = [len(s) - r - 1 for s, r in zip(seqs, lengths)]
+    shared, kwargs = 0, {}
+    if prefix is not None:
+        shared = prefix.usable(model, seqs, limit=min(starts), device=device)
+        if shared:
+            kwargs["past_key_values"] = prefix.expand(len(seqs))
+    rest = [s[shared:] for s in seqs]
+    starts = [st - shared for st in starts]
+    width = max(len(s) for s in rest)
+    ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rest), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for row, seq in enumerate(rest):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, shared: shared + len(seq)] = 1
+    if shared:
+        kwargs["position_ids"] = torch.arange(shared, shared + width, device=device).expand(len(rest), -1)
     lo = min(starts)
-    hi = max(len(s) - 1 for s in seqs)
-    kwargs: dict[str, Any] = {}
+    hi = max(len(s) - 1 for s in rest)
+    offset = 0
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
         offset = lo
-    else:
-        offset = 0
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **kwargs)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=bool(shared), **kwargs)
     logits = out.logits
     rows = [logits[b, s - offset: s - offset + r] for b, (s, r) in enumerate(zip(starts, lengths))]
     return torch.cat(rows, dim=0), lengths

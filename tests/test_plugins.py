@@ -147,3 +147,52 @@ def test_plugin_module_is_cheap_to_import():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+class _LossPlugin:
+    """A third-party loss, registered as a class (not a lazy string)."""
+
+    @promptbake.hookimpl
+    def register_losses(self, register):
+        from promptbake.losses import CELoss
+
+        class HalfCE(CELoss):
+            name = "half_ce"
+
+            def per_token(self, logits, targets):
+                return 0.5 * super().per_token(logits, targets)
+
+        register("half_ce", HalfCE)
+
+
+def test_a_plugin_loss_is_used_by_name_in_a_bake(tiny_model, bake_settings):
+    with plugins.temporary_plugin(_LossPlugin(), "half-ce-plugin"):
+        result = promptbake.Baker("Be terse.", loss="half_ce", model=tiny_model(),
+                                  **{**bake_settings, "evaluate": False}).run()
+    meta = json.loads((result.adapter_path / "promptbake.json").read_text())
+    assert meta["loss"] == "half_ce"
+
+
+def test_every_hook_is_documented_with_its_signature():
+    import inspect
+    from pathlib import Path
+
+    from promptbake import hookspecs
+
+    docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    for name in ("register_teachers", "register_students", "register_losses"):
+        fn = getattr(hookspecs, name)
+        signature = f"{name}({', '.join(inspect.signature(fn).parameters)})"
+        assert f"### {signature}" in docs
+
+
+def test_every_hook_is_exercised_by_a_test():
+    from pathlib import Path
+
+    from promptbake import hookspecs
+
+    source = Path(__file__).read_text()
+    hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+    assert hooks
+    for name in hooks:
+        assert f"def {name}(self, register)" in source or f"def {name}(register)" in source, name

@@ -58,7 +58,8 @@ class PeftStudent(Student):
             target_modules=target,
             task_type="CAUSAL_LM",
         )
-        handle.peft_model = get_peft_model(handle.model, lora)
+        with models.quiet_peft():
+            handle.peft_model = get_peft_model(handle.model, lora)
         self.handle = handle
         params = [p for p in handle.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

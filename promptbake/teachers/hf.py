@@ -16,7 +16,7 @@ from ..config import BakeConfig
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from ..progress import progress
 from ..batching import batches
-from ..scoring import logits_to_targets, response_logits
+from ..scoring import PrefixCache, logits_to_targets, response_logits
 from ..types import Sample, Targets, Trajectory
 
 
@@ -29,8 +29,10 @@ class HFTeacher(Teacher):
     )
 
     def __init__(self, model: str | None = None, generate_batch_size: int | None = None,
-                 score_batch_size: int | None = None):
+                 score_batch_size: int | None = None, prefix_cache: bool = True):
         self.model_spec = model
+        # The system prompt's KV is computed once per side and reused by every batch.
+        self.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if prefix_cache else None
         self.generate_batch_size = generate_batch_size
         self.score_batch_size = score_batch_size
         self.handle: models.ModelHandle | None = None
@@ -93,7 +95,8 @@ class HFTeacher(Teacher):
         out: list[Targets] = []
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             for part in batches(trajectories, self.score_batch_size or 8):
-                logits, lengths = response_logits(h.model, part, side, h.tokenizer.pad_token_id, h.device)
+                prefix = self.prefixes[side] if self.prefixes else None
+                logits, lengths = response_logits(h.model, part, side, h.tokenizer.pad_token_id, h.device, prefix)
                 out.extend(logits_to_targets(logits, lengths, part, top_k=top_k, full=full))
         return out
 

@@ -1,0 +1,268 @@
+"""Where a bake's time goes: promptbake's default against a naive loop and the lower bound.
+
+Run with ``make bench`` (or ``python benchmarks/bake_speed.py``). Everything runs in one
+process on the embedded SmolLM2-135M, on the same trajectories:
+
+* naive: what seed 000 does -- every step re-runs the prompted teacher (the student with its
+  adapter disabled) over the full system prompt and takes the KL over full [B, T, V] logits;
+* default: promptbake's path -- score once (top-K + tail, system-prompt KV reused), then
+  epochs of student steps on the cached targets (Baker.score + Baker.train);
+* lower bound: the same single scoring pass plus epochs of bare student forward+backward.
+
+Then teacher scoring time per trajectory at several system-prompt lengths with and without
+prefix reuse, and (in subprocesses) the peak RSS of full_kl chunked vs naive.
+Prints a table and writes JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from promptbake import BakeConfig, Baker, models
+from promptbake.batching import batches
+from promptbake.evaluate import heldout_metrics
+from promptbake.losses import CELoss
+from promptbake.queries import load_queries
+from promptbake.render import Renderer
+from promptbake.rundir import RunDir
+from promptbake.scoring import PrefixCache
+from promptbake.students.peft import PeftStudent
+from promptbake.teachers.hf import HFTeacher
+
+FILLER = ("Example: Q: A shop sells 3 pens for 2 dollars. How much do 12 pens cost? "
+          "A: 12 pens are 4 groups of 3 pens, and each group costs 2 dollars, so the answer is 8 dollars. ")
+
+
+def system_prompt(tokenizer, n_tokens: int) -> str:
+    """A few-shot style prompt of about ``n_tokens`` tokens (seed 000 bakes an 8-shot CoT prompt)."""
+    if n_tokens == 0:
+        return ""
+    text = "You are a careful assistant who reasons step by step. "
+    while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < n_tokens:
+        text += FILLER
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
+    return tokenizer.decode(ids)
+
+
+def naive_train(student: PeftStudent, trajectories, epochs: int, batch_size: int, seed: int) -> float:
+    """Seed 000's loop: teacher recomputed each step, full-vocabulary KL over [B, T, V]."""
+    h = student.handle
+    model = h.peft_model
+    rng = random.Random(seed)
+    order = list(range(len(trajectories)))
+    start = time.perf_counter()
+    for _ in range(epochs):
+        rng.shuffle(order)
+        for mb in batches(order, batch_size):
+            part = [trajectories[i] for i in mb]
+            width_p = max(len(t.prompted_ids) for t in part)
+            width_u = max(len(t.unprompted_ids) for t in part)
+            pid = torch.full((len(part), width_p), h.tokenizer.pad_token_id)
+            uid = torch.full((len(part), width_u), h.tokenizer.pad_token_id)
+            for b, t in enumerate(part):
+                pid[b, : len(t.prompted_ids)] = torch.tensor(t.prompted_ids)
+                uid[b, : len(t.unprompted_ids)] = torch.tensor(t.unprompted_ids)
+            with torch.no_grad(), model.disable_adapter():
+                t_logits = model(input_ids=pid).logits  # [B, T, V], the whole prompt every step
+            s_logits = model(input_ids=uid).logits
+            t_rows = torch.cat([t_logits[b, t.prompted_prefix_len - 1: len(t.prompted_ids) - 1] for b, t in enumerate(part)])
+            s_rows = torch.cat([s_logits[b, t.unprompted_prefix_len - 1: len(t.unprompted_ids) - 1] for b, t in enumerate(part)])
+            loss = torch.nn.functional.kl_div(torch.log_softmax(s_rows, -1), torch.log_softmax(t_rows, -1),
+                                              log_target=True, reduction="sum") / t_rows.shape[0]
+            loss.backward()
+            student.optimizer.step()
+            student.scheduler.step()
+            student.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def bare_train(student: PeftStudent, trajectories, targets, epochs: int, batch_size: int, seed: int) -> float:
+    """The floor: epochs of student forward+backward (cross-entropy on the sampled tokens)."""
+    rng = random.Random(seed)
+    order = list(range(len(trajectories)))
+    loss = CELoss()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        rng.shuffle(order)
+        for mb in batches(order, batch_size):
+            student.step([[(trajectories[i], targets[i]) for i in mb]], loss)
+    return time.perf_counter() - start
+
+
+def time_scoring(teacher: HFTeacher, tokenizer, queries, prompt_tokens: int, reuse: bool, tokens: int) -> dict:
+    """Teacher scoring (top-20) at one system-prompt length: the first call (which builds the
+    prefix cache when reuse is on) and then seconds per trajectory."""
+    prompt = system_prompt(tokenizer, prompt_tokens) or " "
+    renderer = Renderer(tokenizer, prompt, max_length=prompt_tokens + 512)
+    filler = tokenizer("The answer is simple and short. " * 20, add_special_tokens=False)["input_ids"][:tokens]
+    trajs = [renderer.trajectory(q, filler, 0) for q in queries]
+    teacher.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if reuse else None
+    start = time.perf_counter()
+    teacher.score(trajs[:2], top_k=20, full=False)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    teacher.score(trajs, top_k=20, full=False)
+    return {"first_call_s": first, "per_trajectory_s": (time.perf_counter() - start) / len(trajs)}
+
+
+def rss_mode(mode: str, tokens: int) -> None:
+    """Subprocess: forward+backward of full_kl at ``tokens`` response positions; print peak RSS (MiB)."""
+    from promptbake.interfaces import BatchTargets
+    from promptbake.losses import FullKLLoss
+
+    handle = models.load("smollm2-135m", "float32", "cpu")
+    vocab = handle.model.config.vocab_size
+    torch.manual_seed(0)
+    ids = torch.randint(0, vocab, (1, tokens))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    teacher = torch.log_softmax(torch.randn(tokens, vocab), -1).half()  # cached fp16 targets
+    if mode == "naive":
+        logits = handle.model(input_ids=ids).logits[0]  # [T, V] fp32
+        t = teacher.float()
+        loss = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), t, log_target=True, reduction="sum")
+    else:
+        logits = handle.model(input_ids=ids).logits[0]
+        loss = FullKLLoss(chunk_size=128).per_token(logits, BatchTargets(sampled_ids=ids[0], full_logprobs=teacher)).sum()
+    loss.backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mib": peak / 1024, "before_mib": before / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--prompt-tokens", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--heldout", type=int, default=16)
+    ap.add_argument("--score-lengths", default="0,512,2048")
+    ap.add_argument("--rss-tokens", type=int, default=1024)
+    ap.add_argument("--json", default="benchmarks/results/bake_speed.json")
+    ap.add_argument("--rss-mode", choices=["naive", "chunked"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_mode:
+        rss_mode(args.rss_mode, args.rss_tokens)
+        return
+
+    torch.manual_seed(0)
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                     "torch": torch.__version__, "settings": vars(args)}
+    handle = models.load("smollm2-135m", "float32", "cpu")
+    prompt = system_prompt(handle.tokenizer, args.prompt_tokens)
+    config = BakeConfig(prompt=prompt, model="smollm2-135m", dtype="float32", device="cpu",
+                        samples_per_query=args.samples, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                        epochs=args.epochs, batch_size=args.batch_size, progress=False, lr=1e-3)
+    steps = args.epochs * -(-args.queries * args.samples // args.batch_size)
+    teacher = HFTeacher()
+    teacher.setup(config)
+    renderer = Renderer(handle.tokenizer, prompt, config.max_length)
+
+    def fresh_student() -> PeftStudent:
+        s = PeftStudent()
+        s.setup(config, steps)
+        return s
+
+    student = fresh_student()
+    baker = Baker(config=config, teacher=teacher, student=student)
+    baker.run_dir = RunDir(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    trajs = baker.generate(renderer, load_queries(None, "train", args.queries), args.samples)
+    held = baker.generate(renderer, load_queries(None, "heldout", args.heldout), 1, seed_offset=1)
+    results["generate_s"] = time.perf_counter() - t0
+    results["response_tokens"] = sum(t.response_len for t in trajs)
+    print(f"{len(trajs)} trajectories, {results['response_tokens']} response tokens, "
+          f"prompted length ~{len(trajs[0].prompted_ids)}", flush=True)
+
+    # default: score once, then train on cached targets
+    t0 = time.perf_counter()
+    targets = baker.score(trajs)
+    score_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baker.train(trajs, targets)
+    default_train_s = time.perf_counter() - t0
+    results["default"] = {"score_s": score_s, "train_s": default_train_s, "total_s": score_s + default_train_s,
+                          **_kl(heldout_metrics(teacher, student, held, 20, 8, False))}
+    student.close()
+    print("default", json.dumps(results["default"]), flush=True)
+
+    # lower bound: the same one scoring pass + bare forward+backward
+    student = fresh_student()
+    bare_s = bare_train(student, trajs, targets, args.epochs, args.batch_size, config.seed)
+    student.close()
+    results["lower_bound"] = {"score_s": score_s, "train_s": bare_s, "total_s": score_s + bare_s}
+    print("lower bound", json.dumps(results["lower_bound"]), flush=True)
+
+    # naive: the teacher recomputed every step, full [B, T, V] KL
+    student = fresh_student()
+    naive_s = naive_train(student, trajs, args.epochs, args.batch_size, config.seed)
+    results["naive"] = {"total_s": naive_s, **_kl(heldout_metrics(teacher, student, held, 20, 8, False))}
+    student.close()
+    print("naive", json.dumps(results["naive"]), flush=True)
+
+    # scoring time per trajectory vs system-prompt length
+    queries = load_queries(None, "train", 16)
+    scoring = {}
+    for n in [int(x) for x in args.score_lengths.split(",")]:
+        for reuse in (False, True):
+            scoring[f"{n}{'_reuse' if reuse else ''}"] = time_scoring(teacher, handle.tokenizer, queries, n, reuse, args.tokens)
+        print(f"scoring at {n} prompt tokens: {scoring[str(n)]['per_trajectory_s']:.3f} s/traj plain, "
+              f"{scoring[f'{n}_reuse']['per_trajectory_s']:.3f} with reuse", flush=True)
+    results["scoring_s_per_trajectory"] = scoring
+
+    # peak RSS, each in its own process
+    rss = {}
+    for mode in ("naive", "chunked"):
+        out = subprocess.run([sys.executable, __file__, "--rss-mode", mode, "--rss-tokens", str(args.rss_tokens)],
+                             capture_output=True, text=True, check=True)
+        rss[mode] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    results["full_kl_peak_rss_mib"] = rss
+    cache_bytes = sum(f.stat().st_size for f in (baker.run_dir.path / "targets").glob("*.safetensors")) \
+        if (baker.run_dir.path / "targets").exists() else None
+    results["ratios"] = {
+        "naive_over_default": results["naive"]["total_s"] / results["default"]["total_s"],
+        "default_over_lower_bound": results["default"]["total_s"] / results["lower_bound"]["total_s"],
+        "scoring_2048_over_0_with_reuse": _per(scoring, "2048_reuse") / _per(scoring, "0_reuse"),
+        "scoring_2048_over_0_plain": _per(scoring, "2048") / _per(scoring, "0"),
+        "full_kl_rss_chunked_over_naive": rss["chunked"] / rss["naive"],
+    }
+    results["cache_bytes"] = cache_bytes
+    _table(results)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+def _per(scoring: dict, key: str) -> float:
+    return scoring[key]["per_trajectory_s"] if key in scoring else float("nan")
+
+
+def _kl(e: dict) -> dict:
+    return {"heldout_kl_baked": e["kl_prompted_baked"], "heldout_kl_base": e["kl_prompted_base"],
+            "gap_closed": e["gap_closed"]}
+
+
+def _table(r: dict) -> None:
+    print("\n| variant | total s | held-out KL |")
+    print("|---|---|---|")
+    for name in ("naive", "default", "lower_bound"):
+        v = r[name]
+        print(f"| {name} | {v['total_s']:.1f} | {v.get('heldout_kl_baked', float('nan')):.4f} |")
+    for k, v in r["ratios"].items():
+        print(f"{k}: {v:.3f}")
+
+
+if __name__ == "__main__":
+    main()

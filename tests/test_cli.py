@@ -1,0 +1,87 @@
+"""The command line: bakes, generate, and one-sentence errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import save_tiny_model
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PROMPTBAKE_LOAD_PLUGINS": ""}
+    return subprocess.run([sys.executable, "-m", "promptbake", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_sentence_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error:") and fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--prompt", ""], "system prompt is empty"),
+    (["--prompt", "missing.txt"], "Prompt file missing.txt does not exist"),
+    (["--prompt", "x", "--teacher", "vlm"], "Unknown teacher 'vlm'"),
+    (["--prompt", "x", "--loss", "topk"], "Did you mean: topk_kl?"),
+    (["--prompt", "x", "--epochs", "0"], "epochs must be a positive integer"),
+    (["--prompt", "x", "-s", "lr=-1"], "lr must be > 0"),
+    (["--prompt", "x", "-s", "temprature=0.5"], "Unknown setting 'temprature'. Did you mean: temperature?"),
+    (["--prompt", "x", "-s", "nokey"], "--set expects KEY=VALUE"),
+    (["--prompt", "x", "--config", "nope.toml"], "Config file nope.toml does not exist"),
+])
+def test_bad_input_is_one_sentence_and_nonzero(tmp_path, args, fragment):
+    result = run_cli("bake", *args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_sentence_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert_one_sentence_error(run_cli("bake", "--prompt", "empty.txt", cwd=tmp_path), "is empty")
+    (tmp_path / "latin1.txt").write_bytes(b"R\xe9ponds en fran\xe7ais")
+    assert_one_sentence_error(run_cli("bake", "--prompt", "latin1.txt", cwd=tmp_path), "not valid UTF-8")
+    (tmp_path / "bad.toml").write_text("epochs = [\n")
+    assert_one_sentence_error(run_cli("bake", "-p", "x", "-c", "bad.toml", cwd=tmp_path), "not valid TOML")
+    (tmp_path / "keys.toml").write_text("epoch = 2\n")
+    assert_one_sentence_error(run_cli("bake", "-p", "x", "-c", "keys.toml", cwd=tmp_path), "Unknown setting 'epoch'")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("--debug", "bake", "--prompt", "", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_plugins_prints_json():
+    result = run_cli("plugins")
+    assert result.returncode == 0
+    builtin = next(p for p in json.loads(result.stdout) if p["name"] == "builtin")
+    assert builtin["students"] == ["peft"]
+
+
+def test_bake_and_generate_from_the_command_line(tmp_path):
+    model = save_tiny_model(tmp_path)
+    (tmp_path / "bake.toml").write_text(
+        "max_queries = 4\nmax_heldout = 2\nsamples_per_query = 1\nmax_new_tokens = 8\nepochs = 1\n"
+    )
+    out = tmp_path / "run"
+    result = run_cli("bake", "-p", "Speak like a pirate.", "-m", str(model), "-c", str(tmp_path / "bake.toml"),
+                     "-o", str(out), "--quiet", "--include-prompt")
+    assert result.returncode == 0, result.stderr
+    assert "Adapter:" in result.stdout and "of the gap closed" in result.stdout
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    again = run_cli("bake", "-p", "Speak like a pirate.", "-m", str(model), "-o", str(out))
+    assert_one_sentence_error(again, "already exists")
+    gen = run_cli("generate", "--adapter", str(out / "adapter"), "--max-new-tokens", "5", "--json", "Hello?")
+    assert gen.returncode == 0, gen.stderr
+    assert set(json.loads(gen.stdout)) == {"base", "prompted", "baked"}
+
+
+def test_generate_refuses_a_directory_that_is_not_an_adapter(tmp_path):
+    assert_one_sentence_error(run_cli("generate", "--adapter", str(tmp_path), "hi"), "not a promptbake adapter")

@@ -1,0 +1,80 @@
+"""Teacher-forced scoring: positions, prefix KV reuse and targets."""
+
+from __future__ import annotations
+
+import torch
+from helpers import make_tiny_llama, make_tokenizer
+
+from promptbake.render import Renderer
+from promptbake.scoring import PrefixCache, common_prefix, logits_to_targets, response_logits
+from promptbake.types import Query
+
+LONG_PROMPT = "You are a pirate. " * 20
+
+
+def _trajectories(tok, n=5):
+    r = Renderer(tok, LONG_PROMPT)
+    texts = ["Arr.", "Ahoy there, matey, the sea is wide!", "Yo ho.", "Plants need sun and water.", "Aye"]
+    return [r.from_text(Query(f"q{i}", ({"role": "user", "content": f"Question number {i}?"},)), texts[i % 5], i)
+            for i in range(n)]
+
+
+def test_response_rows_match_a_plain_full_forward():
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok)
+    logits, lengths = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    start = 0
+    for t, r in zip(trajs, lengths):
+        full = model(input_ids=torch.tensor([t.prompted_ids])).logits[0]
+        p = t.prompted_prefix_len
+        # The row before the first response token predicts it; the last row predicts end-of-turn.
+        torch.testing.assert_close(logits[start: start + r], full[p - 1: p - 1 + r], rtol=1e-4, atol=1e-5)
+        start += r
+
+
+def test_prefix_reuse_gives_the_same_logits_and_computes_the_prefix_once():
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 10)
+    plain, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    cache = PrefixCache()
+    first, _ = response_logits(model, trajs[:4], "prompted", tok.pad_token_id, "cpu", cache)
+    assert len(cache.ids) >= len(tok(LONG_PROMPT)["input_ids"]) - 2
+    cached_ids = list(cache.ids)
+    second, _ = response_logits(model, trajs[4:], "prompted", tok.pad_token_id, "cpu", cache)
+    assert cache.ids == cached_ids[: len(cache.ids)]
+    torch.testing.assert_close(torch.cat([first, second]), plain, rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_cache_is_skipped_when_nothing_is_shared():
+    tok = make_tokenizer("chatml")
+    model = make_tiny_llama(tok)
+    r = Renderer(tok, "x")
+    trajs = [r.from_text(Query("a", ({"role": "user", "content": "Hi"},)), "ok")]
+    cache = PrefixCache()
+    # A single trajectory shares its whole prefix with itself, but the row before the
+    # first response token must stay outside the cache.
+    logits, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu", cache)
+    assert len(cache.ids) <= trajs[0].prompted_prefix_len - 1
+    plain, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    torch.testing.assert_close(logits, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix([[5], [6]]) == 0
+
+
+def test_targets_hold_topk_tail_and_full():
+    tok = make_tokenizer("chatml")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 2)
+    logits, lengths = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu")
+    targets = logits_to_targets(logits, lengths, trajs, top_k=4, full=True)
+    for t, tg in zip(trajs, targets):
+        assert tg.topk_ids.dtype == torch.int32 and tg.topk_ids.shape == (t.response_len, 4)
+        assert tg.sampled_ids.tolist() == t.response_ids
+        total = tg.topk_logprobs.exp().sum(-1) + tg.tail_logprob.exp()
+        torch.testing.assert_close(total, torch.ones_like(total), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(tg.full_logprobs.topk(4, -1).values, tg.topk_logprobs)

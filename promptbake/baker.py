@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, capabilities, registry
+from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .errors import ConfigError
 from .interfaces import Loss, SamplingConfig, Student, Teacher
@@ -105,8 +106,7 @@ class Baker:
             timings["generate_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            targets = self.score(trajectories)
-            run.write_targets(targets)
+            targets = self.cached_score(trajectories)
             timings["score_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -145,6 +145,24 @@ class Baker:
             for i, sample in enumerate(group):
                 out.append(renderer.trajectory(q, sample.token_ids, i, prefixes=pre))
         return out
+
+    def cached_score(self, trajectories: list[Trajectory]) -> list[Targets]:
+        """Targets from the cache when its key matches, else scored and written to it."""
+        cfg = self.config
+        assert self.run_dir is not None
+        need = self.loss.needs
+        key = targets_key(model=cfg.teacher_model or cfg.model, teacher=self.teacher.name,
+                          prompt_sha256=prompt_sha256(cfg.prompt), kind=need,
+                          top_k=cfg.top_k if need == "topk" else None, trajectories=trajectories)
+        store = TargetStore(Path(cfg.target_cache) / key[:16] if cfg.target_cache else self.run_dir.file("targets"))
+        cached = store.read(key)
+        if cached is not None:
+            self.run_dir.log({"stage": "score", "cache": "hit", "folder": str(store.folder)})
+            return cached
+        targets = self.score(trajectories)
+        store.write(targets, key)
+        self.run_dir.log({"stage": "score", "cache": "miss", "folder": str(store.folder), "bytes": store.bytes()})
+        return targets
 
     def score(self, trajectories: list[Trajectory]) -> list[Targets]:
         """Teacher targets for every response position, computed once."""

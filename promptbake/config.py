@@ -56,6 +56,7 @@ class BakeConfig:
     score_batch_size: int = 8
     generate_batch_size: int = 16
     out: str | None = None
+    target_cache: str | None = None  # a folder shared by runs: same key, no teacher calls
     overwrite: bool = False
     include_prompt: bool = False  # store the prompt text in the run and adapter metadata
     evaluate: bool = True

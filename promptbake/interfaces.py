@@ -139,6 +139,23 @@ class Loss(ABC):
         """Sum of per-token losses divided by ``num_tokens`` (the step's token count)."""
         return self.per_token(logits, targets).sum() / max(num_tokens, 1)
 
+    def from_hidden(self, hidden: torch.Tensor, head: Any, targets: BatchTargets, num_tokens: int,
+                    chunk_size: int = 256) -> torch.Tensor:
+        """Like ``__call__`` from hidden states [N, H] and the output layer ``head``.
+
+        Logits are made ``chunk_size`` rows at a time under activation
+        checkpointing, so no [N, V] tensor is alive at once (the chunk is
+        recomputed in the backward pass).
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        total = hidden.new_zeros(())
+        for start in range(0, hidden.shape[0], chunk_size):
+            part = targets.rows(slice(start, start + chunk_size))
+            total = total + checkpoint(lambda h, p=part: self.per_token(head(h), p).sum(),
+                                       hidden[start: start + chunk_size], use_reentrant=False)
+        return total / max(num_tokens, 1)
+
     def __str__(self) -> str:
         return f"Loss: {self.name}"
 
@@ -152,6 +169,14 @@ class BatchTargets:
     topk_logprobs: torch.Tensor | None = None  # [N, K]
     tail_logprob: torch.Tensor | None = None  # [N]
     full_logprobs: torch.Tensor | None = None  # [N, V]
+
+    def rows(self, index: slice) -> BatchTargets:
+        """The targets of a range of rows."""
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return BatchTargets(self.sampled_ids[index], cut(self.topk_ids), cut(self.topk_logprobs),
+                            cut(self.tail_logprob), cut(self.full_logprobs))
 
     @classmethod
     def concat(cls, items: Sequence[Targets], device: Any = None) -> BatchTargets:

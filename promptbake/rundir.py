@@ -4,7 +4,7 @@ Layout::
 
     RUN/config.json        settings (the prompt's sha256; its text only if asked)
     RUN/trajectories.jsonl rendered trajectories
-    RUN/targets/           teacher targets, safetensors shards + index.json
+    RUN/targets/           teacher targets (see cache.py)
     RUN/metrics.jsonl      one line per training step and per stage
     RUN/adapter/           the trained adapter (plus promptbake.json)
     RUN/eval.json          held-out evaluation
@@ -16,15 +16,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .types import Targets, Trajectory
-
-TARGET_FIELDS = ("sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs")
-
+from .types import Trajectory
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename into place, so readers never see half a file."""
@@ -89,41 +86,3 @@ class RunDir:
     def read_trajectories(self, name: str = "trajectories.jsonl") -> list[Trajectory]:
         with open(self.file(name), encoding="utf-8") as f:
             return [Trajectory.from_json(json.loads(line)) for line in f if line.strip()]
-
-    def write_targets(self, targets: Sequence[Targets], shard_size: int = 256) -> None:
-        """Targets in safetensors shards; full log-probs are stored as float16."""
-        import torch
-        from safetensors.torch import save_file
-
-        folder = self.file("targets")
-        shards = []
-        for n, start in enumerate(range(0, len(targets), shard_size)):
-            tensors = {}
-            for i, t in enumerate(targets[start: start + shard_size]):
-                for name in TARGET_FIELDS:
-                    value = getattr(t, name)
-                    if value is None:
-                        continue
-                    if name == "full_logprobs":
-                        value = value.to(torch.float16)
-                    tensors[f"{start + i}.{name}"] = value.contiguous()
-            shard = f"shard-{n:05d}.safetensors"
-            atomic_write(folder / shard, lambda tmp, t=tensors: save_file(t, tmp))
-            shards.append({"file": shard, "bytes": (folder / shard).stat().st_size})
-        write_json(folder / "index.json", {"count": len(targets), "shards": shards})
-
-    def read_targets(self) -> list[Targets]:
-        from safetensors.torch import load_file
-
-        folder = self.file("targets")
-        with open(folder / "index.json", encoding="utf-8") as f:
-            index = json.load(f)
-        items: dict[int, dict[str, Any]] = {}
-        for shard in index["shards"]:
-            path = folder / shard["file"]
-            if path.stat().st_size != shard["bytes"]:
-                raise ConfigError(f"Target shard {path} is truncated; delete it and bake again.")
-            for key, value in load_file(path).items():
-                i, name = key.split(".", 1)
-                items.setdefault(int(i), {})[name] = value.float() if name == "full_logprobs" else value
-        return [Targets(**items[i]) for i in range(index["count"])]

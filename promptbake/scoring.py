@@ -81,14 +81,15 @@ class PrefixCache:
 
 def response_logits(
     model: Any, trajectories: Sequence[Trajectory], side: Side, pad_id: int, device: Any,
-    prefix: PrefixCache | None = None,
+    prefix: PrefixCache | None = None, decoder: Any = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Logits [N, V] at the rows that predict each response token, trajectory after trajectory.
 
     Sequences are right-padded; only the span of rows that covers some response
     is projected through the output layer (``logits_to_keep``), so long system
     prompts cost no vocabulary-sized work. With ``prefix`` (no gradients), the
-    shared leading tokens come from a KV cache computed once.
+    shared leading tokens come from a KV cache computed once. With ``decoder``
+    (from :func:`split_head`), the rows are final hidden states [N, H] instead.
     """
     seqs = [t.prompted_ids if side == "prompted" else t.unprompted_ids for t in trajectories]
     lengths = [t.response_len for t in trajectories]
@@ -114,13 +115,36 @@ def response_logits(
     lo = min(starts)
     hi = max(len(s) - 1 for s in rest)
     offset = 0
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
-        offset = lo
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=bool(shared), **kwargs)
-    logits = out.logits
-    rows = [logits[b, s - offset: s - offset + r] for b, (s, r) in enumerate(zip(starts, lengths))]
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": bool(shared)}
+    if decoder is not None:  # hidden states only; the caller applies the output layer in chunks
+        out = decoder(**inputs, **kwargs).last_hidden_state
+    else:
+        if _accepts(model, "logits_to_keep"):
+            kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
+            offset = lo
+        out = model(**inputs, **kwargs).logits
+    rows = [out[b, s - offset: s - offset + r] for b, (s, r) in enumerate(zip(starts, lengths))]
     return torch.cat(rows, dim=0), lengths
+
+
+def split_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output layer) of a causal LM, or None where logits need more than the layer.
+
+    Lets a student compute logits chunk by chunk from hidden states, so no [N, V]
+    tensor has to live at once. Models with logit soft-capping or scaling are
+    left whole.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier")):
+        return None
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
 
 
 def logits_to_targets(

@@ -148,11 +148,11 @@ def test_teacher_shares_the_students_weights(tiny_model, bake_settings):
     assert models.load(spec, "auto", "cpu").peft_model is None
 
 
-def _grads_after_step(spec, config, micro_batches_fn):
+def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None):
     from promptbake.losses import TopKKLLoss
 
     baker = Baker(config=config)
-    student, teacher = PeftStudent(), HFTeacher()
+    student, teacher = PeftStudent(head_chunk=head_chunk), HFTeacher()
     student.setup(config, total_steps=10)
     teacher.setup(config)
     try:
@@ -188,3 +188,13 @@ def test_gradient_accumulation_normalises_by_the_whole_step(tiny_model, bake_set
     assert whole.keys() == split.keys() and whole
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
+
+
+def test_chunked_output_layer_gives_the_same_step(tiny_model, bake_settings):
+    spec = tiny_model()
+    config = BakeConfig(prompt=PROMPT, model=spec, **{**bake_settings, "max_grad_norm": 0.0})
+    whole, _ = _grads_after_step(spec, config, lambda p: [p])
+    chunked, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk=4)
+    assert whole.keys() == chunked.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-4, atol=1e-7)

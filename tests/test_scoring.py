@@ -78,3 +78,33 @@ def test_targets_hold_topk_tail_and_full():
         total = tg.topk_logprobs.exp().sum(-1) + tg.tail_logprob.exp()
         torch.testing.assert_close(total, torch.ones_like(total), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(tg.full_logprobs.topk(4, -1).values, tg.topk_logprobs)
+
+
+def test_loss_from_hidden_states_in_chunks_matches_full_logits():
+    from promptbake.interfaces import BatchTargets
+    from promptbake.losses import FullKLLoss, TopKKLLoss
+    from promptbake.scoring import split_head
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 4)
+    teacher = make_tiny_llama(tok, seed=1)
+    with torch.no_grad():
+        t_logits, lengths = response_logits(teacher, trajs, "prompted", tok.pad_token_id, "cpu")
+    targets = BatchTargets.concat(logits_to_targets(t_logits, lengths, trajs, top_k=5, full=True))
+    decoder, head = split_head(model)
+    for loss in (FullKLLoss(), TopKKLLoss()):
+        model.zero_grad()
+        logits, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu")
+        whole = loss(logits, targets, 100)
+        whole.backward()
+        ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        hidden, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu", decoder=decoder)
+        assert hidden.shape == (sum(lengths), model.config.hidden_size)
+        chunked = loss.from_hidden(hidden, head, targets, 100, chunk_size=7)
+        chunked.backward()
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)

@@ -16,7 +16,7 @@ from ..config import BakeConfig
 from ..errors import ConfigError
 from ..interfaces import BatchTargets, Loss, Student, StudentCapabilities
 from ..batching import batches
-from ..scoring import logits_to_targets, response_logits
+from ..scoring import logits_to_targets, response_logits, split_head
 from ..types import Targets, Trajectory
 
 from ..inference import METADATA_FILE
@@ -33,8 +33,11 @@ class PeftStudent(Student):
     name = "peft"
     capabilities = StudentCapabilities(losses=None, can_score=True)
 
-    def __init__(self, model: str | None = None):
+    def __init__(self, model: str | None = None, head_chunk: int | None = 1024):
         self.model_spec = model
+        # Above this many response rows per micro-batch, logits are computed in chunks of
+        # this size from hidden states (recomputed in backward) instead of all at once.
+        self.head_chunk = head_chunk
         self.handle: models.ModelHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -86,9 +89,17 @@ class PeftStudent(Student):
         total = 0.0
         for mb in micro_batches:
             trajs = [t for t, _ in mb]
-            logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device)
             targets = BatchTargets.concat([tg for _, tg in mb], device=h.device)
-            value = loss(logits, targets, num_tokens)
+            rows = sum(t.response_len for t in trajs)
+            split = split_head(model) if self.head_chunk and rows > self.head_chunk else None
+            if split is not None:  # large: logits chunk by chunk from hidden states
+                decoder, head = split
+                hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                            decoder=decoder)
+                value = loss.from_hidden(hidden, head, targets, num_tokens, self.head_chunk)
+            else:
+                logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device)
+                value = loss(logits, targets, num_tokens)
             value.backward()
             total += float(value.detach())
         params = [p for p in model.parameters() if p.requires_grad]

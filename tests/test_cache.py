@@ -1,0 +1,84 @@
+"""The teacher-target cache: reuse by key, detection of damaged shards, size per token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from promptbake import Baker
+from promptbake.cache import TargetStore
+from promptbake.teachers.hf import HFTeacher
+from promptbake.types import Targets
+
+PROMPT = "Reply in rhymes."
+
+
+def _events(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_later_run_with_the_same_key_reuses_targets(tiny_model, bake_settings, tmp_path):
+    spec = tiny_model()
+    cache = tmp_path / "cache"
+    first = Baker(PROMPT, model=spec, target_cache=str(cache), evaluate=False,
+                  **{**bake_settings, "out": str(tmp_path / "a")}).run()
+    assert [e["cache"] for e in _events(first.run_dir) if e["stage"] == "score"] == ["miss"]
+
+    class NoScoring(HFTeacher):
+        def score(self, *args, **kwargs):
+            if kwargs.get("side", "prompted") == "prompted":
+                raise AssertionError("targets should come from the cache")
+            return super().score(*args, **kwargs)
+
+    second = Baker(PROMPT, model=spec, teacher=NoScoring(), target_cache=str(cache), evaluate=False,
+                   **{**bake_settings, "out": str(tmp_path / "b")}).run()
+    assert [e["cache"] for e in _events(second.run_dir) if e["stage"] == "score"] == ["hit"]
+    # A different K is a different key.
+    third = Baker(PROMPT, model=spec, target_cache=str(cache), evaluate=False, top_k=7,
+                  **{**bake_settings, "out": str(tmp_path / "c")}).run()
+    assert [e["cache"] for e in _events(third.run_dir) if e["stage"] == "score"] == ["miss"]
+
+
+def _targets(n=5, r=4, k=3):
+    out = []
+    for i in range(n):
+        out.append(Targets(sampled_ids=torch.arange(r), topk_ids=torch.zeros(r, k, dtype=torch.int32),
+                           topk_logprobs=torch.full((r, k), -1.5), tail_logprob=torch.full((r,), -2.0)))
+    return out
+
+
+def test_round_trip_and_key_mismatch(tmp_path):
+    store = TargetStore(tmp_path, shard_size=2)
+    store.write(_targets(), "k1")
+    back = store.read("k1")
+    assert back is not None and len(back) == 5
+    torch.testing.assert_close(back[3].topk_logprobs, torch.full((4, 3), -1.5))
+    assert back[0].sampled_ids.dtype == torch.long
+    assert store.read("k2") is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garble"])
+def test_damaged_shards_are_not_trusted(tmp_path, damage):
+    store = TargetStore(tmp_path, shard_size=2)
+    store.write(_targets(), "k")
+    shard = tmp_path / "shard-00001.safetensors"
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(b"\0" * len(data))
+    assert store.read("k") is None
+
+
+def test_top_k_storage_is_within_the_bound(tmp_path):
+    k, r, n = 20, 64, 64
+    store = TargetStore(tmp_path)
+    targets = [Targets(sampled_ids=torch.arange(r), topk_ids=torch.zeros(r, k, dtype=torch.int32),
+                       topk_logprobs=torch.zeros(r, k), tail_logprob=torch.zeros(r)) for _ in range(n)]
+    store.write(targets, "k")
+    per_token = store.bytes() / (n * r)
+    assert per_token <= 8 * (k + 1) + 8, per_token

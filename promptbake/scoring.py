@@ -62,7 +62,7 @@ class PrefixCache:
             keep = common_prefix([self.ids[:shared], seqs[0][:shared]]) if shared else 0
             if keep >= min_len:
                 if keep < len(self.ids):  # only ever shrinks towards the truly shared part
-                    self.cache.crop(keep)
+                    self.cache.crop(keep - len(self.ids))  # negative: tokens to drop (all versions)
                     self.ids = self.ids[:keep]
                 return keep
         if shared < min_len:
@@ -81,15 +81,15 @@ class PrefixCache:
 
 def response_logits(
     model: Any, trajectories: Sequence[Trajectory], side: Side, pad_id: int, device: Any,
-    prefix: PrefixCache | None = None, decoder: Any = None,
+    prefix: PrefixCache | None = None, hidden: bool = False,
 ) -> tuple[torch.Tensor, list[int]]:
     """Logits [N, V] at the rows that predict each response token, trajectory after trajectory.
 
-    Sequences are right-padded; only the span of rows that covers some response
-    is projected through the output layer (``logits_to_keep``), so long system
-    prompts cost no vocabulary-sized work. With ``prefix`` (no gradients), the
-    shared leading tokens come from a KV cache computed once. With ``decoder``
-    (from :func:`split_head`), the rows are final hidden states [N, H] instead.
+    Sequences are right-padded; only the rows that predict response tokens go
+    through the output layer, so prompts and padding cost no vocabulary-sized
+    work. With ``prefix`` (no gradients), the shared leading tokens come from a
+    KV cache computed once. With ``hidden=True`` the rows are final hidden
+    states [N, H], for callers that apply the output layer in chunks.
     """
     seqs = [t.prompted_ids if side == "prompted" else t.unprompted_ids for t in trajectories]
     lengths = [t.response_len for t in trajectories]
@@ -112,19 +112,24 @@ def response_logits(
         mask[row, shared: shared + len(seq)] = 1
     if shared:
         kwargs["position_ids"] = torch.arange(shared, shared + width, device=device).expand(len(rest), -1)
-    lo = min(starts)
-    hi = max(len(s) - 1 for s in rest)
-    offset = 0
+    # One gather for all rows: per-row slicing would make autograd zero-fill a
+    # [B, T, V] gradient once per row in the backward pass.
+    b_idx = torch.cat([torch.full((r,), b, dtype=torch.long) for b, r in enumerate(lengths)]).to(device)
+    p_idx = torch.cat([torch.arange(s, s + r) for s, r in zip(starts, lengths)]).to(device)
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": bool(shared)}
-    if decoder is not None:  # hidden states only; the caller applies the output layer in chunks
-        out = decoder(**inputs, **kwargs).last_hidden_state
-    else:
-        if _accepts(model, "logits_to_keep"):
-            kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
-            offset = lo
-        out = model(**inputs, **kwargs).logits
-    rows = [out[b, s - offset: s - offset + r] for b, (s, r) in enumerate(zip(starts, lengths))]
-    return torch.cat(rows, dim=0), lengths
+    split = split_head(model)
+    if split is not None:  # hidden states of the response rows only, then the output layer
+        decoder, head = split
+        rows = decoder(**inputs, **kwargs).last_hidden_state[b_idx, p_idx]
+        return (rows if hidden else head(rows)), lengths
+    if hidden:
+        raise ValueError("this model's output layer cannot be split from its decoder")
+    offset = 0
+    if _accepts(model, "logits_to_keep"):
+        lo, hi = int(p_idx.min()), int(p_idx.max()) + 1
+        kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
+        offset = lo
+    return model(**inputs, **kwargs).logits[b_idx, p_idx - offset], lengths
 
 
 def split_head(model: Any) -> tuple[Any, Any] | None:

@@ -92,7 +92,7 @@ def test_loss_from_hidden_states_in_chunks_matches_full_logits():
     with torch.no_grad():
         t_logits, lengths = response_logits(teacher, trajs, "prompted", tok.pad_token_id, "cpu")
     targets = BatchTargets.concat(logits_to_targets(t_logits, lengths, trajs, top_k=5, full=True))
-    decoder, head = split_head(model)
+    _, head = split_head(model)
     for loss in (FullKLLoss(), TopKKLLoss()):
         model.zero_grad()
         logits, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu")
@@ -100,7 +100,7 @@ def test_loss_from_hidden_states_in_chunks_matches_full_logits():
         whole.backward()
         ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad()
-        hidden, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu", decoder=decoder)
+        hidden, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu", hidden=True)
         assert hidden.shape == (sum(lengths), model.config.hidden_size)
         chunked = loss.from_hidden(hidden, head, targets, 100, chunk_size=7)
         chunked.backward()
@@ -108,3 +108,58 @@ def test_loss_from_hidden_states_in_chunks_matches_full_logits():
         for n, p in model.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)
+
+
+def test_generation_with_prefix_reuse_matches_plain_generation():
+    from promptbake import BakeConfig, models
+    from promptbake.interfaces import SamplingConfig
+    from promptbake.teachers.hf import HFTeacher
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    handle = models.ModelHandle(spec="gen-prefix-test", model=model, tokenizer=tok, device="cpu")
+    models.register_handle(handle)
+    try:
+        r = Renderer(tok, LONG_PROMPT)
+        queries = [Query(f"q{i}", ({"role": "user", "content": "Why? " * (i + 1)},)) for i in range(3)]
+        prefixes = [r.prefix(q, True) for q in queries]
+        sampling = SamplingConfig(n=2, temperature=1e-4, max_new_tokens=6, min_new_tokens=6, stop_ids=[])
+        results = {}
+        for reuse in (False, True):
+            teacher = HFTeacher(prefix_cache=reuse)
+            teacher.setup(BakeConfig(prompt="x", model="gen-prefix-test", device="cpu", progress=False))
+            results[reuse] = [[s.token_ids for s in group] for group in teacher.generate(prefixes, sampling)]
+            if reuse:
+                assert len(teacher.prefixes["prompted"].ids) > 20  # the system prompt was cached
+        assert results[True] == results[False]
+    finally:
+        models.release(handle)
+
+
+def test_prefix_cache_shrinks_to_what_later_batches_share():
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    r = Renderer(tok, LONG_PROMPT)
+    same = [r.from_text(Query("a", ({"role": "user", "content": "Tell me about the sea."},)), t, i)
+            for i, t in enumerate(["Arr.", "Yo ho ho!"])]
+    others = _trajectories(tok, 3)
+    cache = PrefixCache()
+    response_logits(model, same, "prompted", tok.pad_token_id, "cpu", cache)
+    long_len = len(cache.ids)  # includes the shared user turn
+    got, _ = response_logits(model, others, "prompted", tok.pad_token_id, "cpu", cache)
+    assert len(cache.ids) < long_len  # cropped to the system part
+    plain, _ = response_logits(model, others, "prompted", tok.pad_token_id, "cpu")
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_whole_model_fallback_matches_the_split_path():
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 3)
+    split, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    model.config.final_logit_softcapping = 30.0  # Llama ignores it; split_head must not
+    from promptbake.scoring import split_head
+
+    assert split_head(model) is None
+    whole, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    torch.testing.assert_close(whole, split, rtol=1e-4, atol=1e-5)

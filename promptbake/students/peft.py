@@ -93,10 +93,9 @@ class PeftStudent(Student):
             rows = sum(t.response_len for t in trajs)
             split = split_head(model) if self.head_chunk and rows > self.head_chunk else None
             if split is not None:  # large: logits chunk by chunk from hidden states
-                decoder, head = split
                 hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                            decoder=decoder)
-                value = loss.from_hidden(hidden, head, targets, num_tokens, self.head_chunk)
+                                            hidden=True)
+                value = loss.from_hidden(hidden, split[1], targets, num_tokens, self.head_chunk)
             else:
                 logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device)
                 value = loss(logits, targets, num_tokens)
@@ -126,7 +125,8 @@ class PeftStudent(Student):
 
     def save(self, path: str, metadata: dict[str, Any]) -> None:
         h = self._handle
-        h.peft_model.save_pretrained(path)
+        # The base vocabulary is never trained, so no embedding copy belongs in the adapter.
+        h.peft_model.save_pretrained(path, save_embedding_layers=False)
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
 

@@ -62,24 +62,30 @@ class HFTeacher(Teacher):
         stop = list(sampling.stop_ids) or [h.tokenizer.eos_token_id]
         out: list[list[Sample]] = []
         chunk = max(1, (self.generate_batch_size or 16) // sampling.n)
+        prefix = self.prefixes["prompted"] if self.prefixes else None
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             for i, part in enumerate(progress(batches(prefixes, chunk), "generate", self.show_progress)):
-                width = max(len(p) for p in part)
-                # Left padding so every row's generation starts at the same column.
-                ids = torch.full((len(part), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(part), width), dtype=torch.long)
-                for row, p in enumerate(part):
-                    ids[row, width - len(p):] = torch.tensor(p)
-                    mask[row, width - len(p):] = 1
+                rows = [list(p) for p in part for _ in range(sampling.n)]
+                # The system prompt's KV comes from the cache shared with scoring; the
+                # row-specific rest is left-padded after it so all rows end together.
+                shared = prefix.usable(h.model, rows, min(len(r) for r in rows) - 1, h.device) if prefix else 0
+                width = max(len(r) for r in rows) - shared
+                ids = torch.full((len(rows), shared + width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+                for row, p in enumerate(rows):
+                    ids[row, :shared] = torch.tensor(p[:shared])
+                    mask[row, :shared] = 1
+                    ids[row, shared + width - (len(p) - shared):] = torch.tensor(p[shared:])
+                    mask[row, shared + width - (len(p) - shared):] = 1
+                extra = {"past_key_values": prefix.expand(len(rows))} if shared else {}
                 torch.manual_seed(sampling.seed * 100003 + i)
                 gen = h.model.generate(
                     input_ids=ids.to(h.device), attention_mask=mask.to(h.device),
                     do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                     top_k=0, max_new_tokens=sampling.max_new_tokens,
-                    min_new_tokens=sampling.min_new_tokens, num_return_sequences=sampling.n,
-                    eos_token_id=stop, pad_token_id=pad,
+                    min_new_tokens=sampling.min_new_tokens, eos_token_id=stop, pad_token_id=pad, **extra,
                 )
-                new = gen[:, width:].tolist()
+                new = gen[:, shared + width:].tolist()
                 for row in range(len(part)):
                     samples = []
                     for seq in new[row * sampling.n: (row + 1) * sampling.n]:

@@ -52,23 +52,26 @@ class Baker:
     any other keyword is a :class:`BakeConfig` setting.
     """
 
-    def __init__(self, prompt: str | None = None, *, teacher: str | Teacher = "hf",
-                 student: str | Student = "peft", loss: str | Loss = "topk_kl",
+    def __init__(self, prompt: str | None = None, *, teacher: str | Teacher | None = None,
+                 student: str | Student | None = None, loss: str | Loss | None = None,
                  config: BakeConfig | None = None, **settings: Any):
-        if config is None:
-            names = {k: v for k, v in (("teacher", teacher), ("student", student), ("loss", loss))
-                     if isinstance(v, str)}
-            config = BakeConfig.from_dict({"prompt": prompt or "", **names, **settings})
-        elif prompt is not None or settings:
-            config = BakeConfig.from_dict({**config.to_dict(), **settings,
-                                           **({"prompt": prompt} if prompt is not None else {})})
+        # Names given here override the config's; instances are used as they are.
+        names = {k: v for k, v in (("teacher", teacher), ("student", student), ("loss", loss))
+                 if isinstance(v, str)}
+        base = config.to_dict() if config is not None else {}
+        if prompt is not None:
+            base["prompt"] = prompt
+        config = BakeConfig.from_dict({**base, **names, **settings})
         self.config = config
-        self.teacher: Teacher = registry.create("teacher", teacher if not isinstance(teacher, str) else config.teacher,
-                                                **config.teacher_options)
-        self.student: Student = registry.create("student", student if not isinstance(student, str) else config.student,
-                                                **config.student_options)
-        self.loss: Loss = registry.create("loss", loss if not isinstance(loss, str) else config.loss,
-                                          **config.loss_options)
+        self.teacher: Teacher = registry.create(
+            "teacher", teacher if teacher is not None and not isinstance(teacher, str) else config.teacher,
+            **config.teacher_options)
+        self.student: Student = registry.create(
+            "student", student if student is not None and not isinstance(student, str) else config.student,
+            **config.student_options)
+        self.loss: Loss = registry.create(
+            "loss", loss if loss is not None and not isinstance(loss, str) else config.loss,
+            **config.loss_options)
         self.run_dir: RunDir | None = None
 
     # -- stages ---------------------------------------------------------------

@@ -198,3 +198,11 @@ def test_chunked_output_layer_gives_the_same_step(tiny_model, bake_settings):
     assert whole.keys() == chunked.keys() and whole
     for name in whole:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-4, atol=1e-7)
+
+
+def test_names_override_a_given_config():
+    config = BakeConfig(prompt=PROMPT, loss="topk_kl", teacher="hf")
+    baker = Baker(config=config, loss="full_kl", epochs=2)
+    assert baker.loss.name == "full_kl" and baker.config.loss == "full_kl" and baker.config.epochs == 2
+    assert Baker(config=config).loss.name == "topk_kl"
+    assert Baker(PROMPT).config.loss == "topk_kl"  # defaults come from BakeConfig

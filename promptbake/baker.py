@@ -64,14 +64,13 @@ class Baker:
         config = BakeConfig.from_dict({**base, **names, **settings})
         self.config = config
         self.teacher: Teacher = registry.create(
-            "teacher", teacher if teacher is not None and not isinstance(teacher, str) else config.teacher,
+            "teacher", config.teacher if teacher is None or isinstance(teacher, str) else teacher,
             **config.teacher_options)
         self.student: Student = registry.create(
-            "student", student if student is not None and not isinstance(student, str) else config.student,
+            "student", config.student if student is None or isinstance(student, str) else student,
             **config.student_options)
         self.loss: Loss = registry.create(
-            "loss", loss if loss is not None and not isinstance(loss, str) else config.loss,
-            **config.loss_options)
+            "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
         self.run_dir: RunDir | None = None
 
     # -- stages ---------------------------------------------------------------

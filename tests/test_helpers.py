@@ -6,24 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-try:
-    from helpers import (
-        SMOLLM2_DEFAULT_SYSTEM,
-        STYLES,
-        chat_ids,
-        make_tiny_llama,
-        make_tokenizer,
-        save_tiny_model,
-    )
-except ImportError:  # if tests/ becomes a package
-    from tests.helpers import (
-        SMOLLM2_DEFAULT_SYSTEM,
-        STYLES,
-        chat_ids,
-        make_tiny_llama,
-        make_tokenizer,
-        save_tiny_model,
-    )
+from helpers import (  # conftest.py puts tests/ on sys.path
+    SMOLLM2_DEFAULT_SYSTEM,
+    STYLES,
+    chat_ids,
+    make_tiny_llama,
+    make_tokenizer,
+    save_tiny_model,
+)
 
 CONV = [
     {"role": "system", "content": "Be brief."},

@@ -46,8 +46,8 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 class PrefixCache:
     """The KV cache of a token prefix that many sequences share (the rendered system prompt).
 
-    Computed once; each batch gets an expanded copy, so scoring a trajectory
-    costs only its own tokens whatever the system prompt's length.
+    Computed once; each batch gets an expanded copy, so the prompt is never run
+    through the model again (its tokens are still attended to).
     """
 
     def __init__(self) -> None:

@@ -31,8 +31,8 @@ class HFTeacher(Teacher):
     def __init__(self, model: str | None = None, generate_batch_size: int | None = None,
                  score_batch_size: int | None = None, prefix_cache: bool = True):
         self.model_spec = model
-        # The system prompt's KV is computed once per side and reused by every batch.
-        self.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if prefix_cache else None
+        self.prefix_cache = prefix_cache
+        self.prefixes: dict[str, PrefixCache] | None = None
         self.generate_batch_size = generate_batch_size
         self.score_batch_size = score_batch_size
         self.handle: models.ModelHandle | None = None
@@ -41,6 +41,9 @@ class HFTeacher(Teacher):
     def setup(self, config: BakeConfig) -> None:
         spec = self.model_spec or config.teacher_model or config.model
         self.handle = models.load(spec, config.dtype, config.device)
+        # The system prompt's KV is computed once per side and reused by every batch
+        # (new caches per setup: a cache belongs to one model's weights).
+        self.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if self.prefix_cache else None
         self.generate_batch_size = self.generate_batch_size or config.generate_batch_size
         self.score_batch_size = self.score_batch_size or config.score_batch_size
         self.show_progress = config.progress

@@ -65,7 +65,12 @@ class TopKKLLoss(Loss):
                 t_tail = targets.tail_logprob.to(logits.device).float()
             else:
                 t_tail = log1mexp(torch.logsumexp(t_logp, dim=-1))
-            s_tail = log1mexp(torch.logsumexp(s_logp, dim=-1))
+            if ids.shape[-1] < logits.shape[-1]:
+                # Summed over the tokens outside the top-K: 1 - sum(q_k) loses all
+                # precision when the top-K holds nearly all the student's mass.
+                s_tail = torch.logsumexp(s_logp_all.scatter(-1, ids.long(), float("-inf")), dim=-1)
+            else:  # K covers the vocabulary: no tail tokens (and no all -inf rows to differentiate)
+                s_tail = log1mexp(torch.logsumexp(s_logp, dim=-1))
             p_tail = t_tail.exp()
             kl = kl + torch.where(p_tail > 0, p_tail * (t_tail - s_tail), torch.zeros_like(p_tail))
         return kl

@@ -169,7 +169,8 @@ def logits_to_targets(
             values, indices = lp.topk(k, dim=-1)
             item.topk_ids = indices.to(torch.int32).cpu()
             item.topk_logprobs = values.cpu()
-            item.tail_logprob = log1mexp(torch.logsumexp(values, dim=-1)).cpu()
+            # Mass outside the top-K, summed directly (1 - sum(p_k) is imprecise near 1).
+            item.tail_logprob = torch.logsumexp(lp.scatter(-1, indices, float("-inf")), dim=-1).cpu()
         if full:
             item.full_logprobs = lp.cpu()
         out.append(item)

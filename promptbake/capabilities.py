@@ -25,7 +25,7 @@ def check(teacher: Teacher, student: Student, loss: Loss, config: BakeConfig) ->
             f"use loss topk_kl or ce with this teacher, or the hf teacher for full_kl."
         )
     if loss.needs == "topk":
-        if not (tc.can_score or getattr(tc, "sample_logprobs", False)):
+        if not (tc.can_score or tc.sample_logprobs):
             raise CapabilityError(
                 f"Loss '{lname}' needs the teacher's top-K log-probabilities, which teacher '{t}' "
                 f"cannot give; use loss ce."

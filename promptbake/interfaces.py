@@ -30,6 +30,7 @@ class TeacherCapabilities:
     max_top_k: int | None = None  # None: any K
     full_logits: bool = False
     token_ids: bool = True  # returns ids in the student's vocabulary (not strings)
+    sample_logprobs: bool = False  # top-K log-probs arrive with its own samples (hosted APIs)
 
 
 @dataclass(frozen=True)

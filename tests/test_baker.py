@@ -206,3 +206,20 @@ def test_names_override_a_given_config():
     assert baker.loss.name == "full_kl" and baker.config.loss == "full_kl" and baker.config.epochs == 2
     assert Baker(config=config).loss.name == "topk_kl"
     assert Baker(PROMPT).config.loss == "topk_kl"  # defaults come from BakeConfig
+
+
+@pytest.mark.parametrize("caps, ok", [
+    (TeacherCapabilities(can_score=False, sample_logprobs=True, max_top_k=20), True),
+    (TeacherCapabilities(can_score=False, sample_logprobs=False), False),
+])
+def test_topk_needs_scoring_or_logprobs_with_samples(caps, ok):
+    class Hosted(HFTeacher):
+        name = "hosted"
+        capabilities = caps
+
+    baker = Baker(PROMPT, teacher=Hosted(), loss="topk_kl")
+    if ok:
+        baker.check()
+    else:
+        with pytest.raises(CapabilityError, match="needs the teacher's top-K log-probabilities"):
+            baker.check()

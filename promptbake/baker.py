@@ -87,16 +87,20 @@ class Baker:
         self.check()
         queries = load_queries(cfg.queries, "train", cfg.max_queries)
         heldout = load_queries(cfg.heldout, "heldout", cfg.max_heldout) if cfg.evaluate else []
-        run = self.run_dir = RunDir.create(cfg.out or _default_out(), overwrite=cfg.overwrite)
-        write_json(run.file("config.json"), self._public_config())
+        out = cfg.out or _default_out()
+        RunDir.check_free(out, cfg.overwrite)
         started = time.perf_counter()
         try:
+            # Load and check everything before the run directory exists, so a bad model
+            # or template leaves nothing behind.
             n_traj = len(queries) * cfg.samples_per_query
             total_steps = cfg.epochs * math.ceil(math.ceil(n_traj / cfg.batch_size) / cfg.grad_accum)
             self.student.setup(cfg, total_steps)
             self.teacher.setup(cfg)
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
             renderer = Renderer(self.student.tokenizer, cfg.prompt, cfg.max_length)
+            run = self.run_dir = RunDir.create(out, overwrite=cfg.overwrite)
+            write_json(run.file("config.json"), self._public_config())
             timings: dict[str, float] = {}
 
             t0 = time.perf_counter()

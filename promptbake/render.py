@@ -47,16 +47,21 @@ def end_of_turn_id(tokenizer: Any) -> int:
     return int(tokenizer.eos_token_id)
 
 
+def require_chat_template(tokenizer: Any) -> None:
+    """Refuse a tokenizer without a chat template (checked before any weights load)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "The model's tokenizer has no chat template, so promptbake cannot render the "
+            "system prompt the way the model expects; use an instruct/chat model or set "
+            "tokenizer.chat_template."
+        )
+
+
 class Renderer:
     """Renders queries and responses for one tokenizer and one system prompt."""
 
     def __init__(self, tokenizer: Any, system_prompt: str, max_length: int = 1024):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                "The model's tokenizer has no chat template, so promptbake cannot render the "
-                "system prompt the way the model expects; use an instruct/chat model or set "
-                "tokenizer.chat_template."
-            )
+        require_chat_template(tokenizer)
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_length = max_length

@@ -58,13 +58,19 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    @staticmethod
+    def check_free(path: str | Path, overwrite: bool = False) -> None:
+        """Refuse a non-empty output directory unless ``overwrite`` (call before slow work)."""
+        p = Path(path)
+        if not overwrite and p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise ConfigError(f"Output directory {p} already exists; choose another --out or pass --overwrite.")
+
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
         """Make a fresh run directory; refuse to reuse a non-empty one unless ``overwrite``."""
         p = Path(path)
+        cls.check_free(p, overwrite)
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            if not overwrite:
-                raise ConfigError(f"Output directory {p} already exists; choose another --out or pass --overwrite.")
             if p.is_dir():
                 shutil.rmtree(p)
             else:

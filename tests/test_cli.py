@@ -85,3 +85,13 @@ def test_bake_and_generate_from_the_command_line(tmp_path):
 
 def test_generate_refuses_a_directory_that_is_not_an_adapter(tmp_path):
     assert_one_sentence_error(run_cli("generate", "--adapter", str(tmp_path), "hi"), "not a promptbake adapter")
+
+
+def test_bad_models_leave_no_run_directory(tmp_path):
+    assert_one_sentence_error(run_cli("bake", "-p", "x", "-m", str(tmp_path / "nope"), "-o", str(tmp_path / "r")),
+                              "Could not load model")
+    model = save_tiny_model(tmp_path)
+    (model / "chat_template.jinja").unlink()
+    result = run_cli("bake", "-p", "x", "-m", str(model), "-o", str(tmp_path / "r"))
+    assert_one_sentence_error(result, "has no chat template")
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .baker import Baker, BakeResult  # noqa: E402  (needs __version__)
 from .config import BakeConfig
 from .errors import (
     AlignmentError,
@@ -31,8 +32,6 @@ from .interfaces import (
 from .plugins import load_plugins
 from .registry import names as backend_names
 from .types import Query, Sample, Targets, Trajectory
-
-from .baker import Baker, BakeResult  # noqa: E402  (needs __version__)
 
 __all__ = [
     "AlignmentError", "BakeConfig", "BakeResult", "Baker", "BatchTargets", "CapabilityError",

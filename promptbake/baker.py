@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, capabilities, registry
+from .batching import batches, bucketed
 from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .errors import ConfigError
@@ -25,7 +26,6 @@ from .progress import progress
 from .queries import load_queries
 from .render import Renderer
 from .rundir import RunDir, write_json
-from .batching import batches, bucketed
 from .types import Query, Targets, Trajectory
 
 

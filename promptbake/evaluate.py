@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .batching import batches
 from .interfaces import BatchTargets, Student, Teacher
 from .progress import progress
-from .batching import batches
 from .types import Trajectory
 
 

@@ -106,6 +106,10 @@ class ModelHandle:
 _cache: dict[tuple[str, str, str], ModelHandle] = {}
 
 
+def _load_error(spec: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"Could not load model '{spec}': {str(exc).splitlines()[0]}")
+
+
 def load_tokenizer(spec: str) -> Any:
     """The tokenizer of ``spec`` (embedded name, HF id, local folder or .gguf path)."""
     from transformers import AutoTokenizer
@@ -114,7 +118,7 @@ def load_tokenizer(spec: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"Could not load model '{spec}': {str(exc).splitlines()[0]}") from exc
+        raise _load_error(spec, exc) from exc
 
 
 def load(spec: str, dtype: str = "auto", device: str = "auto") -> ModelHandle:
@@ -132,7 +136,7 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> ModelHandle:
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"Could not load model '{spec}': {str(exc).splitlines()[0]}") from exc
+        raise _load_error(spec, exc) from exc
     model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:

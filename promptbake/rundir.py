@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ConfigError
 from .types import Trajectory
 
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename into place, so readers never see half a file."""
     path = Path(path)

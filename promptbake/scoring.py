@@ -23,11 +23,15 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+def _base(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _accepts(model: Any, name: str) -> bool:
     # A PEFT wrapper forwards extra keyword arguments to the model it wraps.
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return name in inspect.signature(target.forward).parameters
+        return name in inspect.signature(_base(model).forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -139,7 +143,7 @@ def split_head(model: Any) -> tuple[Any, Any] | None:
     tensor has to live at once. Models with logit soft-capping or scaling are
     left whole.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     config = getattr(base, "config", None)
     if any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier")):
         return None

@@ -12,14 +12,13 @@ from typing import Any
 import torch
 
 from .. import models
+from ..batching import batches
 from ..config import BakeConfig
 from ..errors import ConfigError
+from ..inference import METADATA_FILE
 from ..interfaces import BatchTargets, Loss, Student, StudentCapabilities
-from ..batching import batches
 from ..scoring import logits_to_targets, response_logits, split_head
 from ..types import Targets, Trajectory
-
-from ..inference import METADATA_FILE
 
 
 def seed_everything(seed: int) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from .. import models
+from ..batching import batches
 from ..config import BakeConfig
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from ..progress import progress
-from ..batching import batches
 from ..scoring import PrefixCache, logits_to_targets, response_logits
 from ..types import Sample, Targets, Trajectory
 
@@ -76,10 +76,11 @@ class HFTeacher(Teacher):
                 ids = torch.full((len(rows), shared + width), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
                 for row, p in enumerate(rows):
+                    start = shared + width - (len(p) - shared)
                     ids[row, :shared] = torch.tensor(p[:shared])
+                    ids[row, start:] = torch.tensor(p[shared:])
                     mask[row, :shared] = 1
-                    ids[row, shared + width - (len(p) - shared):] = torch.tensor(p[shared:])
-                    mask[row, shared + width - (len(p) - shared):] = 1
+                    mask[row, start:] = 1
                 extra = {"past_key_values": prefix.expand(len(rows))} if shared else {}
                 torch.manual_seed(sampling.seed * 100003 + i)
                 gen = h.model.generate(

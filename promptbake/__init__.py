@@ -31,12 +31,12 @@ from .interfaces import (
 )
 from .plugins import load_plugins
 from .registry import names as backend_names
-from .types import Query, Sample, Targets, Trajectory
+from .types import Prefix, Query, Sample, Targets, Trajectory
 
 __all__ = [
     "AlignmentError", "BakeConfig", "BakeResult", "Baker", "BatchTargets", "CapabilityError",
     "ConfigError", "DuplicateBackendError", "Loss", "MissingDependencyError", "PromptbakeError",
-    "Query", "Sample", "SamplingConfig", "Student", "StudentCapabilities", "Targets", "Teacher",
+    "Prefix", "Query", "Sample", "SamplingConfig", "Student", "StudentCapabilities", "Targets", "Teacher",
     "TeacherCapabilities", "Trajectory", "UnknownBackendError", "backend_names", "hookimpl",
     "load_plugins", "__version__",
 ]

@@ -26,7 +26,7 @@ from .progress import progress
 from .queries import load_queries
 from .render import Renderer
 from .rundir import RunDir, write_json
-from .types import Query, Targets, Trajectory
+from .types import Prefix, Query, Targets, Trajectory
 
 
 @dataclass
@@ -97,6 +97,7 @@ class Baker:
             total_steps = cfg.epochs * math.ceil(math.ceil(n_traj / cfg.batch_size) / cfg.grad_accum)
             self.student.setup(cfg, total_steps)
             self.teacher.setup(cfg)
+            self.teacher.use_student_tokenizer(self.student.tokenizer)
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
             renderer = Renderer(self.student.tokenizer, cfg.prompt, cfg.max_length)
             run = self.run_dir = RunDir.create(out, overwrite=cfg.overwrite)
@@ -104,16 +105,27 @@ class Baker:
             timings: dict[str, float] = {}
 
             t0 = time.perf_counter()
-            trajectories = self.generate(renderer, queries, cfg.samples_per_query)
-            held = self.generate(renderer, heldout, 1, seed_offset=1) if heldout else []
+            trajectories, sample_targets = self.generate_with_targets(renderer, queries, cfg.samples_per_query)
+            held, held_targets = (self.generate_with_targets(renderer, heldout, 1, seed_offset=1)
+                                  if heldout else ([], None))
             run.write_trajectories(trajectories)
             if held:
                 run.write_trajectories(held, "heldout.jsonl")
             timings["generate_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            targets = self.cached_score(trajectories)
+            targets = self.cached_score(trajectories, sample_targets)
             timings["score_s"] = time.perf_counter() - t0
+
+            # A teacher that cannot score is compared on its own held-out targets,
+            # against the student before training (the base) and after.
+            from_targets = bool(held) and held_targets is not None and not self.teacher.capabilities.can_score \
+                and self.student.capabilities.can_score
+            if from_targets:
+                from .evaluate import tally_student
+
+                base_tally = tally_student(self.student, held, held_targets, cfg.score_batch_size,  # type: ignore[arg-type]
+                                           cfg.progress, "evaluate base")
 
             t0 = time.perf_counter()
             train = self.train(trajectories, targets)
@@ -121,12 +133,21 @@ class Baker:
 
             adapter = self.save()
             result = BakeResult(run_dir=run.path, adapter_path=adapter)
+            t0 = time.perf_counter()
             if held and self.student.capabilities.can_score and self.teacher.capabilities.can_score:
                 from .evaluate import heldout_metrics
 
-                t0 = time.perf_counter()
                 result.eval = heldout_metrics(self.teacher, self.student, held, cfg.top_k,
                                               cfg.score_batch_size, cfg.progress)
+            elif from_targets:
+                from .evaluate import summary
+
+                baked_tally = tally_student(self.student, held, held_targets, cfg.score_batch_size,  # type: ignore[arg-type]
+                                            cfg.progress, "evaluate")
+                result.eval = summary(base_tally, baked_tally,
+                                      f"top-{cfg.top_k} with tail on the teacher's own samples (a lower bound)",
+                                      len(held))
+            if result.eval is not None:
                 timings["eval_s"] = time.perf_counter() - t0
                 write_json(run.file("eval.json"), result.eval)
             timings["total_s"] = time.perf_counter() - started
@@ -139,20 +160,31 @@ class Baker:
 
     def generate(self, renderer: Renderer, queries: list[Query], n: int, seed_offset: int = 0) -> list[Trajectory]:
         """Sample n responses per query from the prompted teacher and render both sides."""
+        return self.generate_with_targets(renderer, queries, n, seed_offset)[0]
+
+    def generate_with_targets(self, renderer: Renderer, queries: list[Query], n: int,
+                              seed_offset: int = 0) -> tuple[list[Trajectory], list[Targets] | None]:
+        """Like :meth:`generate`, plus the targets that came with the samples (hosted teachers), else None."""
         cfg = self.config
-        prefixes = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in queries]
+        rendered = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in queries]
+        prefixes = [Prefix(ids=p, messages=tuple(renderer.messages(q, True))) for q, (p, _) in zip(queries, rendered)]
         sampling = SamplingConfig(
             n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=cfg.min_new_tokens, seed=cfg.seed + seed_offset, stop_ids=renderer.stop_ids,
         )
-        samples = self.teacher.generate([p for p, _ in prefixes], sampling)
-        out = []
-        for q, pre, group in zip(queries, prefixes, samples):
+        samples = self.teacher.generate(prefixes, sampling)
+        out: list[Trajectory] = []
+        targets: list[Targets] = []
+        for q, pre, group in zip(queries, rendered, samples):
             for i, sample in enumerate(group):
-                out.append(renderer.trajectory(q, sample.token_ids, i, prefixes=pre))
-        return out
+                traj = renderer.trajectory(q, sample.token_ids, i, prefixes=pre)
+                out.append(traj)
+                if sample.targets is not None:
+                    targets.append(_sample_targets(traj, sample.targets))
+        return out, (targets if out and len(targets) == len(out) else None)
 
-    def cached_score(self, trajectories: list[Trajectory]) -> list[Targets]:
+    def cached_score(self, trajectories: list[Trajectory],
+                     sample_targets: list[Targets] | None = None) -> list[Targets]:
         """Targets from the cache when its key matches, else scored and written to it."""
         cfg = self.config
         assert self.run_dir is not None
@@ -165,19 +197,28 @@ class Baker:
         if cached is not None:
             self.run_dir.log({"stage": "score", "cache": "hit", "folder": str(store.folder)})
             return cached
-        targets = self.score(trajectories)
+        targets = self.score(trajectories, sample_targets)
         store.write(targets, key)
         self.run_dir.log({"stage": "score", "cache": "miss", "folder": str(store.folder), "bytes": store.bytes()})
         return targets
 
-    def score(self, trajectories: list[Trajectory]) -> list[Targets]:
-        """Teacher targets for every response position, computed once."""
+    def score(self, trajectories: list[Trajectory], sample_targets: list[Targets] | None = None) -> list[Targets]:
+        """Teacher targets for every response position, computed once.
+
+        A teacher that cannot score (hosted APIs) gives its targets with its
+        samples; those are used as they are.
+        """
         cfg = self.config
         need = self.loss.needs
         if need == "tokens":  # ce trains on the sampled tokens alone: no teacher pass needed
             import torch
 
             return [Targets(sampled_ids=torch.tensor(t.response_ids, dtype=torch.long)) for t in trajectories]
+        if not self.teacher.capabilities.can_score:
+            if sample_targets is None:
+                raise ConfigError(f"Teacher '{self.teacher.name}' cannot score and returned no log-probs "
+                                  f"with its samples; use loss ce.")
+            return sample_targets
         out: list[Targets] = []
         for part in progress(batches(trajectories, cfg.score_batch_size * 4), "score", cfg.progress):
             out.extend(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
@@ -249,6 +290,18 @@ class Baker:
         if self.config.include_prompt:
             data["prompt"] = self.config.prompt
         return data
+
+
+def _sample_targets(traj: Trajectory, targets: Targets) -> Targets:
+    """A sample's targets cut to the trajectory (which may end earlier), on its tokens."""
+    import torch
+
+    if len(targets) < traj.response_len:
+        raise ConfigError(f"The teacher gave {len(targets)} target rows for a {traj.response_len}-token "
+                          f"response ({traj.key}); a teacher must give one row per sampled token.")
+    out = targets.head(traj.response_len)
+    out.sampled_ids = torch.tensor(traj.response_ids, dtype=torch.long)
+    return out
 
 
 def _default_out() -> str:

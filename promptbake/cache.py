@@ -18,7 +18,7 @@ from typing import Any
 from .rundir import atomic_write, write_json
 from .types import Targets, Trajectory
 
-FIELDS = ("sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs")
+FIELDS = ("sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs", "weight")
 
 
 def targets_key(*, model: str, teacher: str, prompt_sha256: str, kind: str, top_k: int | None,

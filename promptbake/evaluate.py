@@ -3,6 +3,11 @@
 On trajectories sampled from the prompted teacher for queries never used in
 training, per response token: KL(prompted || baked), KL(prompted || base), the
 fraction of that gap the bake closed, and top-1 agreement with the prompted model.
+
+A teacher that scores (hf, vllm) gives the prompted and base distributions
+directly. A hosted teacher cannot score, so its held-out targets are the top-K
+log-probs that came with its own samples, and "base" is the student measured
+before training (a fresh LoRA adapter leaves the base model unchanged).
 """
 
 from __future__ import annotations
@@ -13,43 +18,83 @@ from typing import Any
 from .batching import batches
 from .interfaces import BatchTargets, Student, Teacher
 from .progress import progress
-from .types import Trajectory
+from .types import Targets, Trajectory
+
+
+class Tally:
+    """Running KL sum and top-1 agreement against reference (prompted) targets."""
+
+    def __init__(self, full: bool):
+        from .losses import FullKLLoss, TopKKLLoss
+
+        self.kl_loss = FullKLLoss() if full else TopKKLLoss(tail=True)
+        self.full = full
+        self.kl = 0.0
+        self.agree = 0
+        self.tokens = 0
+
+    def add(self, prompted: BatchTargets, other_logprobs: Any) -> None:
+        """Add positions: ``other_logprobs`` [N, V] full log-probs of the model compared."""
+        if self.full:
+            best = prompted.full_logprobs.argmax(-1)  # type: ignore[union-attr]
+        else:
+            best = prompted.topk_ids[:, 0]  # type: ignore[index]
+        keep = prompted.weight > 0 if prompted.weight is not None else None
+        # log_softmax(logprobs) == logprobs, so the loss takes them as logits.
+        per_token = prompted.weighted(self.kl_loss.per_token(other_logprobs, prompted))
+        hits = other_logprobs.argmax(-1) == best.to(other_logprobs.device)
+        if keep is not None:
+            hits = hits & keep.to(hits.device)
+        self.kl += float(per_token.sum())
+        self.agree += int(hits.sum())
+        self.tokens += int(keep.sum()) if keep is not None else int(prompted.sampled_ids.shape[0])
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / max(self.tokens, 1)
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / max(self.tokens, 1)
+
+
+def summary(base: Tally, baked: Tally, kind: str, trajectories: int) -> dict[str, Any]:
+    """The metrics dict written to eval.json."""
+    b, k = base.mean_kl, baked.mean_kl
+    return {
+        "kl_prompted_base": b,
+        "kl_prompted_baked": k,
+        "gap_closed": (1.0 - k / b) if b > 0 else float("nan"),
+        "top1_agreement_baked": baked.agreement,
+        "top1_agreement_base": base.agreement,
+        "kl": kind,
+        "tokens": baked.tokens,
+        "trajectories": trajectories,
+    }
 
 
 def heldout_metrics(teacher: Teacher, student: Student, trajectories: Sequence[Trajectory],
                     top_k: int, batch_size: int = 8, show_progress: bool = True) -> dict[str, Any]:
-    """Mean per-token KL and agreement over ``trajectories`` (teacher-sampled, held out)."""
-    from .losses import FullKLLoss, TopKKLLoss
-
+    """Mean per-token KL and agreement over ``trajectories``, with a teacher that scores."""
     full = teacher.capabilities.full_logits
-    kl = FullKLLoss() if full else TopKKLLoss(tail=True)
-    sums = {"baked": 0.0, "base": 0.0}
-    agree = {"baked": 0, "base": 0}
-    tokens = 0
+    tallies = {"baked": Tally(full), "base": Tally(full)}
     for part in progress(batches(trajectories, batch_size), "evaluate", show_progress):
         prompted = BatchTargets.concat(teacher.score(part, top_k=top_k, full=full, side="prompted"))
-        others = {
-            "baked": BatchTargets.concat(student.score(part, full=True)),
-            "base": BatchTargets.concat(teacher.score(part, top_k=None, full=True, side="unprompted")),
-        }
-        if full:
-            best = prompted.full_logprobs.argmax(-1)  # type: ignore[union-attr]
-        else:
-            best = prompted.topk_ids[:, 0]  # type: ignore[index]
-        for name, other in others.items():
-            logprobs = other.full_logprobs
-            sums[name] += float(kl.per_token(logprobs, prompted).sum())  # log_softmax(logprobs) == logprobs
-            agree[name] += int((logprobs.argmax(-1) == best).sum())
-        tokens += int(prompted.sampled_ids.shape[0])
-        del prompted, others
-    base, baked = sums["base"] / max(tokens, 1), sums["baked"] / max(tokens, 1)
-    return {
-        "kl_prompted_base": base,
-        "kl_prompted_baked": baked,
-        "gap_closed": (1.0 - baked / base) if base > 0 else float("nan"),
-        "top1_agreement_baked": agree["baked"] / max(tokens, 1),
-        "top1_agreement_base": agree["base"] / max(tokens, 1),
-        "kl": "full" if full else f"top-{top_k} with tail (a lower bound)",
-        "tokens": tokens,
-        "trajectories": len(trajectories),
-    }
+        tallies["baked"].add(prompted, BatchTargets.concat(student.score(part, full=True)).full_logprobs)
+        tallies["base"].add(prompted, BatchTargets.concat(
+            teacher.score(part, top_k=None, full=True, side="unprompted")).full_logprobs)
+        del prompted
+    kind = "full" if full else f"top-{top_k} with tail (a lower bound)"
+    return summary(tallies["base"], tallies["baked"], kind, len(trajectories))
+
+
+def tally_student(student: Student, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
+                  batch_size: int = 8, show_progress: bool = True, label: str = "evaluate") -> Tally:
+    """KL and agreement of the student's current weights against given top-K targets."""
+    tally = Tally(full=False)
+    pairs = list(zip(trajectories, targets))
+    for part in progress(batches(pairs, batch_size), label, show_progress):
+        prompted = BatchTargets.concat([tg for _, tg in part])
+        tally.add(prompted, BatchTargets.concat(student.score([t for t, _ in part], full=True)).full_logprobs)
+    return tally
+

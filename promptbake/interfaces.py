@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import BakeConfig
-    from .types import Sample, Targets, Trajectory
+    from .types import Prefix, Sample, Targets, Trajectory
 
 TargetKind = Literal["tokens", "topk", "full"]
 Side = Literal["prompted", "unprompted"]
@@ -68,9 +68,20 @@ class Teacher(ABC):
         """The tokenizer the teacher's ids refer to, or None when it returns text."""
         return None
 
+    def use_student_tokenizer(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook
+        """Called after setup with the tokenizer trajectories are rendered with.
+
+        Teachers that return text (hosted APIs) map their tokens to its ids.
+        """
+
     @abstractmethod
-    def generate(self, prefixes: Sequence[list[int]], sampling: SamplingConfig) -> list[list[Sample]]:
-        """Sample ``sampling.n`` responses for each rendered prompt prefix."""
+    def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig) -> list[list[Sample]]:
+        """Sample ``sampling.n`` responses for each prompt.
+
+        Token ids are in the student's vocabulary. A teacher with
+        ``sample_logprobs`` puts the :class:`Targets` of each sample's positions
+        in ``Sample.targets``.
+        """
 
     @abstractmethod
     def score(
@@ -138,7 +149,7 @@ class Loss(ABC):
 
     def __call__(self, logits: torch.Tensor, targets: BatchTargets, num_tokens: int) -> torch.Tensor:
         """Sum of per-token losses divided by ``num_tokens`` (the step's token count)."""
-        return self.per_token(logits, targets).sum() / max(num_tokens, 1)
+        return targets.weighted(self.per_token(logits, targets)).sum() / max(num_tokens, 1)
 
     def from_hidden(self, hidden: torch.Tensor, head: Any, targets: BatchTargets, num_tokens: int,
                     chunk_size: int = 256) -> torch.Tensor:
@@ -153,7 +164,7 @@ class Loss(ABC):
         total = hidden.new_zeros(())
         for start in range(0, hidden.shape[0], chunk_size):
             part = targets.rows(slice(start, start + chunk_size))
-            total = total + checkpoint(lambda h, p=part: self.per_token(head(h), p).sum(),
+            total = total + checkpoint(lambda h, p=part: p.weighted(self.per_token(head(h), p)).sum(),
                                        hidden[start: start + chunk_size], use_reentrant=False)
         return total / max(num_tokens, 1)
 
@@ -170,6 +181,7 @@ class BatchTargets:
     topk_logprobs: torch.Tensor | None = None  # [N, K]
     tail_logprob: torch.Tensor | None = None  # [N]
     full_logprobs: torch.Tensor | None = None  # [N, V]
+    weight: torch.Tensor | None = None  # [N]: 0 marks an excluded position
 
     def rows(self, index: slice) -> BatchTargets:
         """The targets of a range of rows."""
@@ -177,7 +189,16 @@ class BatchTargets:
             return None if t is None else t[index]
 
         return BatchTargets(self.sampled_ids[index], cut(self.topk_ids), cut(self.topk_logprobs),
-                            cut(self.tail_logprob), cut(self.full_logprobs))
+                            cut(self.tail_logprob), cut(self.full_logprobs), cut(self.weight))
+
+    def weighted(self, per_token: torch.Tensor) -> torch.Tensor:
+        """Per-token losses with excluded positions set to exactly 0 (not NaN * 0)."""
+        if self.weight is None:
+            return per_token
+        import torch
+
+        weight = self.weight.to(per_token.device)
+        return torch.where(weight > 0, per_token * weight, torch.zeros_like(per_token))
 
     @classmethod
     def concat(cls, items: Sequence[Targets], device: Any = None) -> BatchTargets:
@@ -186,8 +207,14 @@ class BatchTargets:
 
         def cat(field: str, dtype: Any = None) -> torch.Tensor | None:
             parts = [getattr(t, field) for t in items]
-            if any(p is None for p in parts):
+            if all(p is None for p in parts):
                 return None
+            if field == "weight":  # a trajectory without weights trains on every position
+                parts = [torch.ones(len(t)) if p is None else p for t, p in zip(items, parts)]
+            elif any(p is None for p in parts):
+                return None
+            if field in ("topk_ids", "topk_logprobs"):
+                parts = _pad_topk(parts, field)
             out = torch.cat(parts, dim=0)
             return out.to(device=device, dtype=dtype) if (device or dtype) else out
 
@@ -197,4 +224,24 @@ class BatchTargets:
             topk_logprobs=cat("topk_logprobs", torch.float32),
             tail_logprob=cat("tail_logprob", torch.float32),
             full_logprobs=cat("full_logprobs", torch.float32),
+            weight=cat("weight", torch.float32),
         )
+
+
+def _pad_topk(parts: list[torch.Tensor], field: str) -> list[torch.Tensor]:
+    """Widen top-K rows to one K: extra ids repeat the row's first id, extra log-probs are -inf.
+
+    Hosted teachers can return fewer than K usable entries; a repeated id with
+    zero probability changes neither the KL nor the tail.
+    """
+    import torch
+
+    width = max(p.shape[-1] for p in parts)
+    out = []
+    for p in parts:
+        if p.shape[-1] < width:
+            extra = width - p.shape[-1]
+            fill = p[:, :1].expand(-1, extra) if field == "topk_ids" else torch.full((p.shape[0], extra), float("-inf"))
+            p = torch.cat([p, fill.to(p.dtype)], dim=-1)
+        out.append(p)
+    return out

@@ -55,11 +55,15 @@ class TopKKLLoss(Loss):
         t_logp = _need(targets.topk_logprobs, self.name, "top-K logprobs").to(logits.device).float()
         s_logp_all = torch.log_softmax(logits.float(), dim=-1)
         s_logp = s_logp_all.gather(-1, ids.long())
+        # Entries at -inf pad rows with fewer than K usable ids (hosted teachers).
+        valid = torch.isfinite(t_logp)
         if self.renormalize:
+            s_logp = s_logp.masked_fill(~valid, float("-inf"))
             t_logp = t_logp - torch.logsumexp(t_logp, dim=-1, keepdim=True)
             s_logp = s_logp - torch.logsumexp(s_logp, dim=-1, keepdim=True)
         p = t_logp.exp()
-        kl = (p * (t_logp - s_logp)).sum(-1)
+        zero = torch.zeros_like(p)
+        kl = torch.where(valid, p * (torch.where(valid, t_logp, zero) - torch.where(valid, s_logp, zero)), zero).sum(-1)
         if self.tail:
             if targets.tail_logprob is not None:
                 t_tail = targets.tail_logprob.to(logits.device).float()

@@ -30,6 +30,20 @@ class Query:
         return self.messages[-1]["content"]
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """A prompt to answer, in both forms a teacher may need.
+
+    ``ids`` is the conversation rendered with the student's chat template up to
+    and including the assistant generation prompt (local engines sample from
+    it); ``messages`` is the same conversation as chat messages, system prompt
+    first (hosted chat APIs take these).
+    """
+
+    ids: list[int]
+    messages: tuple[dict[str, str], ...]
+
+
 @dataclass
 class Trajectory:
     """One response y to a query, rendered twice with the model's chat template.
@@ -91,15 +105,36 @@ class Targets:
     topk_logprobs: torch.Tensor | None = None  # [R, K] float32
     tail_logprob: torch.Tensor | None = None  # [R] float32: log(1 - sum p_k), -inf if none
     full_logprobs: torch.Tensor | None = None  # [R, V] float16 or float32
+    # [R] float32, 1 = train on this position, 0 = excluded (a hosted teacher's token
+    # that could not be mapped to the student's vocabulary). None: every position.
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.sampled_ids.shape[0])
 
+    @property
+    def num_tokens(self) -> int:
+        """Positions that count towards the loss."""
+        return len(self) if self.weight is None else int((self.weight > 0).sum())
+
+    def head(self, n: int) -> Targets:
+        """The first ``n`` positions (a trajectory cut its sample short)."""
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:n]
+
+        return Targets(self.sampled_ids[:n], cut(self.topk_ids), cut(self.topk_logprobs),
+                       cut(self.tail_logprob), cut(self.full_logprobs), cut(self.weight))
+
 
 @dataclass
 class Sample:
-    """One generated response: token ids in the student's vocabulary."""
+    """One generated response: token ids in the student's vocabulary.
+
+    ``targets`` holds the teacher's distributions at each of these positions
+    when they come with the sample (hosted APIs), else None.
+    """
 
     token_ids: list[int]
     finished: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    targets: Targets | None = None

@@ -7,7 +7,7 @@ from helpers import make_tiny_llama, make_tokenizer
 
 from promptbake.render import Renderer
 from promptbake.scoring import PrefixCache, common_prefix, logits_to_targets, response_logits
-from promptbake.types import Query
+from promptbake.types import Prefix, Query
 
 LONG_PROMPT = "You are a pirate. " * 20
 
@@ -122,7 +122,7 @@ def test_generation_with_prefix_reuse_matches_plain_generation():
     try:
         r = Renderer(tok, LONG_PROMPT)
         queries = [Query(f"q{i}", ({"role": "user", "content": "Why? " * (i + 1)},)) for i in range(3)]
-        prefixes = [r.prefix(q, True) for q in queries]
+        prefixes = [Prefix(r.prefix(q, True), tuple(r.messages(q, True))) for q in queries]
         sampling = SamplingConfig(n=2, temperature=1e-4, max_new_tokens=6, min_new_tokens=6, stop_ids=[])
         results = {}
         for reuse in (False, True):

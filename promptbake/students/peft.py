@@ -84,7 +84,7 @@ class PeftStudent(Student):
         model = h.peft_model
         model.train()
         # Normalise by the response tokens of the whole optimizer step, not per micro-batch.
-        num_tokens = sum(t.response_len for mb in micro_batches for t, _ in mb)
+        num_tokens = sum(tg.num_tokens for mb in micro_batches for _, tg in mb)
         total = 0.0
         for mb in micro_batches:
             trajs = [t for t, _ in mb]

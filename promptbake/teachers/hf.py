@@ -17,7 +17,7 @@ from ..config import BakeConfig
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from ..progress import progress
 from ..scoring import PrefixCache, logits_to_targets, response_logits
-from ..types import Sample, Targets, Trajectory
+from ..types import Prefix, Sample, Targets, Trajectory
 
 
 class HFTeacher(Teacher):
@@ -59,7 +59,7 @@ class HFTeacher(Teacher):
         return self.handle
 
     @torch.no_grad()
-    def generate(self, prefixes: Sequence[list[int]], sampling: SamplingConfig) -> list[list[Sample]]:
+    def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig) -> list[list[Sample]]:
         h = self._handle
         pad = h.tokenizer.pad_token_id
         stop = list(sampling.stop_ids) or [h.tokenizer.eos_token_id]
@@ -68,7 +68,7 @@ class HFTeacher(Teacher):
         prefix = self.prefixes["prompted"] if self.prefixes else None
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             for i, part in enumerate(progress(batches(prefixes, chunk), "generate", self.show_progress)):
-                rows = [list(p) for p in part for _ in range(sampling.n)]
+                rows = [list(p.ids) for p in part for _ in range(sampling.n)]
                 # The system prompt's KV comes from the cache shared with scoring; the
                 # row-specific rest is left-padded after it so all rows end together.
                 shared = prefix.usable(h.model, rows, min(len(r) for r in rows) - 1, h.device) if prefix else 0

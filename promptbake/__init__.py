@@ -12,6 +12,7 @@ from .baker import Baker, BakeResult  # noqa: E402  (needs __version__)
 from .config import BakeConfig
 from .errors import (
     AlignmentError,
+    BackendError,
     CapabilityError,
     ConfigError,
     DuplicateBackendError,
@@ -34,7 +35,7 @@ from .registry import names as backend_names
 from .types import Prefix, Query, Sample, Targets, Trajectory
 
 __all__ = [
-    "AlignmentError", "BakeConfig", "BakeResult", "Baker", "BatchTargets", "CapabilityError",
+    "AlignmentError", "BackendError", "BakeConfig", "BakeResult", "Baker", "BatchTargets", "CapabilityError",
     "ConfigError", "DuplicateBackendError", "Loss", "MissingDependencyError", "PromptbakeError",
     "Prefix", "Query", "Sample", "SamplingConfig", "Student", "StudentCapabilities", "Targets", "Teacher",
     "TeacherCapabilities", "Trajectory", "UnknownBackendError", "backend_names", "hookimpl",

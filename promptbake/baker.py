@@ -171,6 +171,7 @@ class Baker:
         sampling = SamplingConfig(
             n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=cfg.min_new_tokens, seed=cfg.seed + seed_offset, stop_ids=renderer.stop_ids,
+            logprobs=cfg.top_k if self._targets_from_samples() else None,
         )
         samples = self.teacher.generate(prefixes, sampling)
         out: list[Trajectory] = []
@@ -270,6 +271,11 @@ class Baker:
         self.student.close()
 
     # -- helpers --------------------------------------------------------------
+
+    def _targets_from_samples(self) -> bool:
+        """Whether the loss's targets must come with the teacher's samples (hosted APIs)."""
+        tc = self.teacher.capabilities
+        return self.loss.needs != "tokens" and not tc.can_score and tc.sample_logprobs
 
     def _metadata(self) -> dict[str, Any]:
         cfg = self.config

@@ -31,16 +31,27 @@ def read_prompt(value: str) -> str:
 
 
 def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are TOML (numbers, true/false, [..]) or plain strings."""
+    """KEY=VALUE pairs; values are TOML (numbers, true/false, [..]) or plain strings.
+
+    A dotted key sets one entry of a table: ``teacher_options.base_url=http://...``.
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key or key.startswith(".") or key.endswith("."):
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'.")
         try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+            value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
+            value = raw
+        table, _, sub = key.partition(".")
+        if not sub:
+            out[key] = value
+        elif not isinstance(out.setdefault(table, {}), dict):
+            raise ConfigError(f"--set {table}.{sub}: {table} was already set to a plain value.")
+        else:
+            out[table][sub] = value
     return out
 
 

@@ -125,7 +125,13 @@ class BakeConfig:
             raise ConfigError(f"Config file {path} is not valid UTF-8.") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}  # --set teacher_options.x=... adds to the file's table
+            else:
+                data[key] = value
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -47,6 +47,10 @@ class CapabilityError(PromptbakeError):
     """A teacher, student and loss that cannot work together."""
 
 
+class BackendError(PromptbakeError):
+    """A service a backend talks to refused or failed a request (after its retries)."""
+
+
 class AlignmentError(PromptbakeError):
     """Prompted and unprompted renderings do not line up as the contract requires."""
 

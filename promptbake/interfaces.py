@@ -52,6 +52,9 @@ class SamplingConfig:
     min_new_tokens: int = 1
     seed: int = 0
     stop_ids: list[int] = field(default_factory=list)  # end-of-turn ids; kept in the output
+    # Top-K log-probs wanted with each sample (teachers with sample_logprobs, for a
+    # KL loss); None: text and tokens only.
+    logprobs: int | None = None
 
 
 class Teacher(ABC):

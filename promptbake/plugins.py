@@ -139,6 +139,9 @@ def reset() -> None:
 def temporary_plugin(plugin: object, name: str) -> Iterator[object]:
     """Register ``plugin`` under ``name`` for the duration of a ``with`` block (tests)."""
     load_plugins()
+    if pm.is_registered(plugin):  # already loaded from its entry point
+        yield plugin
+        return
     pm.register(plugin, name=name)
     reset()
     try:

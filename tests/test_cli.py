@@ -95,3 +95,22 @@ def test_bad_models_leave_no_run_directory(tmp_path):
     result = run_cli("bake", "-p", "x", "-m", str(model), "-o", str(tmp_path / "r"))
     assert_one_sentence_error(result, "has no chat template")
     assert not (tmp_path / "r").exists()
+
+
+def test_set_dotted_keys_fill_option_tables(tmp_path):
+    from promptbake.cli import _parse_set
+    from promptbake.config import BakeConfig
+    from promptbake.errors import ConfigError
+
+    parsed = _parse_set(("teacher_options.base_url=http://127.0.0.1:9/v1", "teacher_options.concurrency=4",
+                         "epochs=2"))
+    assert parsed == {"teacher_options": {"base_url": "http://127.0.0.1:9/v1", "concurrency": 4}, "epochs": 2}
+    with pytest.raises(ConfigError, match="already set to a plain value"):
+        _parse_set(("teacher_options=x", "teacher_options.a=1"))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_set(("teacher_options.=1",))
+    # A table in the config file is extended, not replaced, by dotted overrides.
+    path = tmp_path / "bake.toml"
+    path.write_text('prompt = "p"\n[teacher_options]\nmodel = "m"\n', encoding="utf-8")
+    config = BakeConfig.from_toml(path, **parsed)
+    assert config.teacher_options == {"model": "m", "base_url": "http://127.0.0.1:9/v1", "concurrency": 4}

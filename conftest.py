@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "tests"))  # helpers.py, for plugin tests too
 # Keep third-party plugins installed in the environment out of the suite.
 os.environ.setdefault("PROMPTBAKE_LOAD_PLUGINS", "")
 

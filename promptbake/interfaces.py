@@ -63,6 +63,9 @@ class Teacher(ABC):
     name: ClassVar[str] = "teacher"
     capabilities: TeacherCapabilities = TeacherCapabilities()
 
+    def check(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
+        """Cheap checks before anything loads (keys, options); raise a PromptbakeError."""
+
     def setup(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
         """Load weights or open clients. Called once, after capability checks."""
 

@@ -92,21 +92,30 @@ class OpenAITeacher(Teacher):
 
     # -- setup ---------------------------------------------------------------
 
+    def check(self, config: BakeConfig) -> None:
+        """The model name and the key, before any weights load or request goes out."""
+        self.model_name = self.model_name or self._default_model(config)
+        self._api_key()
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        if not _is_loopback(self.base_url):
+            raise ConfigError(
+                f"Teacher '{self.name}' needs an API key in the environment variable "
+                f"{self.api_key_env}, which is not set; export it (keys are read from the "
+                f"environment only), or name another variable with teacher_options.api_key_env.")
+        return "not-needed"  # a local server does not check it
+
     def setup(self, config: BakeConfig) -> None:
         try:
             import openai
         except ImportError:
             raise MissingDependencyError(
                 f"Teacher '{self.name}' needs the openai package; run: pip install promptbake-openai") from None
-        self.model_name = self.model_name or self._default_model(config)
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            if not _is_loopback(self.base_url):
-                raise ConfigError(
-                    f"Teacher '{self.name}' needs an API key in the environment variable "
-                    f"{self.api_key_env}, which is not set; export it (keys are read from the "
-                    f"environment only), or name another variable with teacher_options.api_key_env.")
-            key = "not-needed"  # a local server does not check it
+        self.check(config)
+        key = self._api_key()
         self.client = openai.OpenAI(
             api_key=key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout,
             default_headers=self.headers() or None, http_client=self.http_client,

@@ -242,3 +242,27 @@ def test_sample_targets_are_cut_with_their_trajectory():
     traj = Trajectory("q", 0, [9, 9, 0, 1, 7], [9, 0, 1, 7], response_len=3)
     cut = _sample_targets(traj, t)
     assert len(cut) == 3 and cut.sampled_ids.tolist() == [0, 1, 7] and cut.weight.shape == (3,)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--teacher", "openai", "--loss", "full_kl"], "which teacher 'openai' cannot give"),
+    (["--teacher", "openai", "--top-k", "50"], "top_k=50 is above teacher 'openai''s limit of 20"),
+    (["--teacher", "openai", "-s", "teacher_options.base_url=https://api.example.test/v1"],
+     "environment variable OPENAI_API_KEY, which is not set"),
+    (["--teacher", "openrouter", "-s", "teacher_options.api_key_env=NO_SUCH_VAR"], "NO_SUCH_VAR"),
+])
+def test_cli_refusals_are_one_sentence(tmp_path, args, fragment):
+    """From the installed entry point, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PROMPTBAKE_LOAD_PLUGINS"] = "openai"
+    result = subprocess.run([sys.executable, "-m", "promptbake", "bake", "--prompt", "x", *args,
+                             "-s", "teacher_model=some/model", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written

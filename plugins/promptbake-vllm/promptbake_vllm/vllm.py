@@ -32,13 +32,15 @@ def import_vllm() -> Any:
     """The vllm module, or a one-sentence error saying how to install it."""
     try:
         import vllm
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] != "vllm":
-            raise PromptbakeError(f"vllm is installed but could not be imported: {exc}.") from exc
-        raise MissingDependencyError(
-            f"The vllm teacher needs the Python package 'vllm', which is not installed (it needs "
-            f"Linux and a CUDA GPU): {INSTALL}"
-        ) from exc
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "vllm":
+            raise MissingDependencyError(
+                f"The vllm teacher needs the Python package 'vllm', which is not installed (it needs "
+                f"Linux and a CUDA GPU): {INSTALL}"
+            ) from exc
+        # Installed but broken (a missing CUDA library, a torch it was not built for).
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PromptbakeError(f"vllm is installed but could not be imported: {first.rstrip('.')}.") from exc
     return vllm
 
 

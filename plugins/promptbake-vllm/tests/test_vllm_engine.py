@@ -14,7 +14,12 @@ from vllm_fakes import trajectories as _trajectories
 
 from promptbake import models
 from promptbake.config import BakeConfig
-from promptbake.errors import CapabilityError, ConfigError, MissingDependencyError
+from promptbake.errors import (
+    CapabilityError,
+    ConfigError,
+    MissingDependencyError,
+    PromptbakeError,
+)
 from promptbake.interfaces import SamplingConfig
 from promptbake.teachers.hf import HFTeacher
 from promptbake.types import Prefix, Query
@@ -148,6 +153,22 @@ def test_setup_refuses_what_cannot_work(tiny_model, monkeypatch):
 def test_missing_vllm_names_the_install_command(tiny_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ModuleNotFoundError
     with pytest.raises(MissingDependencyError, match=r"pip install 'promptbake-vllm\[engine\]'"):
+        VLLMTeacher().setup(_config(tiny_model()))
+
+
+def test_a_broken_vllm_install_is_one_sentence(tiny_model, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "vllm":
+            raise ImportError("libcudart.so.12: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(PromptbakeError, match=r"^vllm is installed but could not be imported: libcudart"):
         VLLMTeacher().setup(_config(tiny_model()))
 
 

@@ -22,15 +22,22 @@ pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "
 
 def test_vllm_scoring_agrees_with_the_hf_teacher(tmp_path):
     import torch
-    from helpers import save_tiny_model
+    from helpers import make_tiny_llama, make_tokenizer
     from promptbake_vllm.vllm import VLLMTeacher
     from vllm_fakes import bake_config, trajectories
 
     from promptbake import models
+    from promptbake.interfaces import SamplingConfig
     from promptbake.teachers.hf import HFTeacher
+    from promptbake.types import Prefix
 
-    path = str(save_tiny_model(tmp_path))
-    trajs, _ = trajectories(path, 4)
+    # Like helpers.save_tiny_model, with a head size vLLM's attention kernels support (64, not 8).
+    path = str(tmp_path / "tiny-vllm")
+    tokenizer = make_tokenizer("smollm2")
+    model = make_tiny_llama(tokenizer, hidden_size=128, num_heads=2, num_kv_heads=2, intermediate_size=256)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    trajs, renderer = trajectories(path, 4)
     k = 8
     hf = HFTeacher()
     hf.setup(bake_config(path, top_k=k))
@@ -40,9 +47,16 @@ def test_vllm_scoring_agrees_with_the_hf_teacher(tmp_path):
     teacher.setup(bake_config(path, top_k=k))
     try:
         got = teacher.score(trajs, top_k=k, full=False)
+        # Generation through the real API: token-id prompts, one SamplingParams per prompt.
+        prefixes = [Prefix(ids=t.prompted_ids[: t.prompted_prefix_len], messages=()) for t in trajs[:2]]
+        samples = teacher.generate(prefixes, SamplingConfig(n=2, max_new_tokens=4, stop_ids=renderer.stop_ids))
     finally:
         teacher.close()
         models.release()
+    assert [len(group) for group in samples] == [2, 2]
+    for sample in (s for group in samples for s in group):
+        assert 1 <= len(sample.token_ids) <= 4
+        assert sample.finished == (sample.token_ids[-1] in renderer.stop_ids)
     for g, w in zip(got, want):
         assert torch.equal(g.sampled_ids, w.sampled_ids)
         # Near-uniform logits of a random model can swap ids at equal values: compare the values.

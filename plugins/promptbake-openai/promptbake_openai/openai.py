@@ -28,7 +28,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from promptbake.config import BakeConfig
-from promptbake.errors import BackendError, CapabilityError, ConfigError, MissingDependencyError
+from promptbake.errors import (
+    BackendError,
+    CapabilityError,
+    ConfigError,
+    MissingDependencyError,
+)
 from promptbake.interfaces import SamplingConfig, Teacher, TeacherCapabilities
 from promptbake.progress import progress
 from promptbake.types import Prefix, Sample

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 
+import promptbake_openai
 import pytest
 import torch
 from openai_fakeapi import FakeChatAPI
+from promptbake_openai.openai import OpenAITeacher
+from promptbake_openai.openrouter import OpenRouterTeacher
 
-import promptbake_openai
 from promptbake import Baker, models
 from promptbake.errors import BackendError, CapabilityError, ConfigError
 from promptbake.plugins import temporary_plugin
-from promptbake_openai.openai import OpenAITeacher
-from promptbake_openai.openrouter import OpenRouterTeacher
 
 PROMPT = "Always respond in French."
 REMOTE = "https://api.example.test/v1"  # not loopback: a key is required

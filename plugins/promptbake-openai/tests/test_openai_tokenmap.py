@@ -10,7 +10,6 @@ import torch
 from helpers import make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from promptbake_openai.tokenmap import Piece, TokenMap, surface_bytes
 
 STOP = 2

@@ -44,12 +44,11 @@ def import_vllm() -> Any:
     return vllm
 
 
-def full_logits_error(name: str, side: str) -> CapabilityError:
+def full_logits_error(name: str) -> CapabilityError:
     """The sentence for a request for full-vocabulary log-probs, which vLLM cannot give cheaply."""
-    why = ("the held-out evaluation asks for the base model's full distribution; bake with --no-eval "
-           "(evaluate=false)") if side == "unprompted" else "use loss topk_kl or ce"
     return CapabilityError(
-        f"Teacher '{name}' gives top-K log-probabilities only, not full-vocabulary ones; {why}."
+        f"Teacher '{name}' gives top-K log-probabilities only, not full-vocabulary ones; "
+        f"use loss topk_kl or ce."
     )
 
 
@@ -116,10 +115,6 @@ class VLLMTeacher(Teacher):
     def setup(self, config: BakeConfig) -> None:
         from promptbake.models import EMBEDDED
 
-        if config.evaluate:
-            # Until the held-out evaluation stops asking teachers for full logits, fail
-            # here rather than after training.
-            raise full_logits_error(self.name, "unprompted")
         spec = self.model_spec or config.teacher_model or config.model
         if spec in EMBEDDED:
             raise ConfigError(
@@ -184,7 +179,7 @@ class VLLMTeacher(Teacher):
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
               side: Side = "prompted") -> list[Targets]:
         if full:
-            raise full_logits_error(self.name, side)
+            raise full_logits_error(self.name)
         if not top_k:
             import torch
 

@@ -106,10 +106,6 @@ class VLLMServerTeacher(Teacher):
     # -- setup ----------------------------------------------------------------
 
     def setup(self, config: BakeConfig) -> None:
-        if config.evaluate:
-            # Until the held-out evaluation stops asking teachers for full logits, fail
-            # here rather than after training.
-            raise full_logits_error(self.name, "unprompted")
         self.model = self.model_spec or config.teacher_model or config.model
         self.show_progress = config.progress
         if self.client is None:
@@ -230,7 +226,7 @@ class VLLMServerTeacher(Teacher):
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
               side: Side = "prompted") -> list[Targets]:
         if full:
-            raise full_logits_error(self.name, side)
+            raise full_logits_error(self.name)
         if not top_k:
             import torch
 

@@ -132,19 +132,17 @@ def test_full_logits_are_refused_in_one_sentence(tiny_model, monkeypatch):
     teacher = _teacher(spec, monkeypatch)
     with pytest.raises(CapabilityError, match="top-K log-probabilities only.*topk_kl"):
         teacher.score(trajs, top_k=None, full=True)
-    with pytest.raises(CapabilityError, match="--no-eval"):
+    with pytest.raises(CapabilityError, match="top-K log-probabilities only"):
         teacher.score(trajs, top_k=None, full=True, side="unprompted")
     plain = teacher.score(trajs, top_k=None, full=False)[0]  # ce: the tokens alone, no engine call
     assert plain.topk_ids is None and plain.sampled_ids.tolist() == trajs[0].response_ids
 
 
 def test_setup_refuses_what_cannot_work(tiny_model, monkeypatch):
-    spec = tiny_model()
+    tiny_model()
     vllm_fakes.install(monkeypatch)
-    with pytest.raises(CapabilityError, match="--no-eval"):  # before any engine is built
-        VLLMTeacher().setup(BakeConfig(prompt="x", model=spec))
-    with pytest.raises(ConfigError, match="embedded GGUF"):
-        VLLMTeacher().setup(BakeConfig(prompt="x", evaluate=False))
+    with pytest.raises(ConfigError, match="embedded GGUF"):  # before any engine is built
+        VLLMTeacher().setup(BakeConfig(prompt="x"))
     assert FakeLLM.instances == []
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         VLLMTeacher(tensor_parallel_size=0)
@@ -189,7 +187,11 @@ def test_a_bake_runs_with_the_vllm_teacher(tiny_model, monkeypatch, bake_setting
     spec = tiny_model()
     vllm_fakes.install(monkeypatch)
     with temporary_plugin(promptbake_vllm, "vllm-test"):
-        result = Baker("Always answer like a pirate.", teacher="vllm", model=spec, evaluate=False,
+        result = Baker("Always answer like a pirate.", teacher="vllm", model=spec,
                        **{**bake_settings, "epochs": 1, "max_queries": 3}).run()
     assert result.adapter_path.is_dir()
-    assert result.metrics["trajectories"] == 6 and result.eval is None
+    assert result.metrics["trajectories"] == 6
+    # Evaluated against the teacher's held-out top-K, the student before training being the base.
+    e = result.eval
+    assert e is not None and e["kl"].startswith("top-20 with tail on held-out samples")
+    assert e["tokens"] > 0 and e["kl_prompted_base"] > 0

@@ -9,11 +9,10 @@ import pytest
 import torch
 from promptbake_vllm.convert import VLLMResponseError
 from promptbake_vllm.vllm_server import VLLMServerError, VLLMServerTeacher
-from vllm_fakes import PROMPT, FakeServer, httpx_module
+from vllm_fakes import FakeServer, httpx_module
 from vllm_fakes import bake_config as _config
 from vllm_fakes import trajectories as _trajectories
 
-from promptbake.config import BakeConfig
 from promptbake.errors import CapabilityError, ConfigError
 from promptbake.interfaces import SamplingConfig
 from promptbake.teachers.hf import HFTeacher
@@ -154,8 +153,6 @@ def test_full_logits_and_bad_options_are_refused(tiny_model):
     teacher = _teacher(FakeServer(httpx, spec))
     with pytest.raises(CapabilityError, match="top-K log-probabilities only"):
         teacher.score(trajs, top_k=None, full=True)
-    with pytest.raises(CapabilityError, match="--no-eval"):
-        VLLMServerTeacher().setup(BakeConfig(prompt=PROMPT, model=spec))  # evaluate defaults to true
     for bad in ({"base_url": "localhost:8000"}, {"concurrency": 0}, {"max_retries": -1}, {"timeout": 0}):
         with pytest.raises(ConfigError, match=f"teacher_options.{next(iter(bad))}"):
             VLLMServerTeacher(**bad)

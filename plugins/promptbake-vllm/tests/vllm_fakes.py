@@ -34,8 +34,7 @@ PROMPT = "You are a pirate. Answer in one line. " * 3
 
 
 def bake_config(spec: str, **kw: Any) -> BakeConfig:
-    """Settings for a teacher's setup on a tiny model (no evaluation: vLLM teachers give top-K only)."""
-    kw = {"evaluate": False, **kw}
+    """Settings for a teacher's setup on a tiny model."""
     return BakeConfig(prompt=PROMPT, model=spec, device="cpu", progress=False, **kw)
 
 

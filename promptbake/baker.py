@@ -21,6 +21,7 @@ from .batching import batches, bucketed
 from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .errors import ConfigError
+from .evaluate import Evaluation
 from .interfaces import Loss, SamplingConfig, Student, Teacher
 from .progress import progress
 from .queries import load_queries
@@ -81,6 +82,7 @@ class Baker:
             raise ConfigError("The system prompt is empty; pass --prompt with text or a non-empty file.")
         capabilities.check(self.teacher, self.student, self.loss, self.config)
         self.teacher.check(self.config)
+        self.student.check(self.config)
 
     def run(self) -> BakeResult:
         """Run the whole bake and return where the adapter is, with metrics."""
@@ -118,14 +120,8 @@ class Baker:
             targets = self.cached_score(trajectories, sample_targets)
             timings["score_s"] = time.perf_counter() - t0
 
-            # Without the base model's full distribution from the teacher, the student is
-            # compared with the teacher's held-out top-K before training (the base) and after.
-            reference = self._heldout_reference(held, held_targets)
-            if reference is not None:
-                from .evaluate import tally_student
-
-                base_tally = tally_student(self.student, held, reference, cfg.score_batch_size,
-                                           cfg.progress, "evaluate base")
+            evaluation = Evaluation(self.teacher, self.student, held, held_targets, cfg)
+            evaluation.before_training()
 
             t0 = time.perf_counter()
             train = self.train(trajectories, targets)
@@ -134,19 +130,7 @@ class Baker:
             adapter = self.save()
             result = BakeResult(run_dir=run.path, adapter_path=adapter)
             t0 = time.perf_counter()
-            if reference is not None:
-                from .evaluate import summary
-
-                baked_tally = tally_student(self.student, held, reference, cfg.score_batch_size,
-                                            cfg.progress, "evaluate")
-                where = "the teacher's own samples" if held_targets is not None else "held-out samples"
-                result.eval = summary(base_tally, baked_tally,
-                                      f"top-{cfg.top_k} with tail on {where} (a lower bound)", len(held))
-            elif held and self.student.capabilities.can_score and self.teacher.capabilities.full_logits:
-                from .evaluate import heldout_metrics
-
-                result.eval = heldout_metrics(self.teacher, self.student, held, cfg.top_k,
-                                              cfg.score_batch_size, cfg.progress)
+            result.eval = evaluation.after_training()
             if result.eval is not None:
                 timings["eval_s"] = time.perf_counter() - t0
                 write_json(run.file("eval.json"), result.eval)
@@ -271,24 +255,6 @@ class Baker:
         self.student.close()
 
     # -- helpers --------------------------------------------------------------
-
-    def _heldout_reference(self, held: list[Trajectory], held_targets: list[Targets] | None) -> list[Targets] | None:
-        """Prompted top-K targets for held-out evaluation against the student itself, or None.
-
-        None when there is nothing to evaluate, or when the teacher gives full
-        distributions (then it also scores the base model directly).
-        """
-        tc = self.teacher.capabilities
-        if not held or not self.student.capabilities.can_score or (tc.can_score and tc.full_logits):
-            return None
-        if held_targets is not None:
-            return held_targets
-        if not tc.can_score:
-            return None
-        out: list[Targets] = []
-        for part in batches(held, self.config.score_batch_size * 4):
-            out.extend(self.teacher.score(part, top_k=self.config.top_k, full=False))
-        return out
 
     def _targets_from_samples(self) -> bool:
         """Whether the loss's targets must come with the teacher's samples (hosted APIs)."""

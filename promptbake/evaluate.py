@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .batching import batches
+from .config import BakeConfig
 from .interfaces import BatchTargets, Student, Teacher
 from .progress import progress
 from .types import Targets, Trajectory
@@ -98,3 +99,59 @@ def tally_student(student: Student, trajectories: Sequence[Trajectory], targets:
         tally.add(prompted, BatchTargets.concat(student.score([t for t, _ in part], full=True)).full_logprobs)
     return tally
 
+
+class Evaluation:
+    """The held-out evaluation of one bake, measured around training.
+
+    A teacher with full distributions scores prompted and base sides after
+    training (:func:`heldout_metrics`). Otherwise the reference is the teacher's
+    held-out top-K (from its samples, or scored once), and the student is
+    measured against it before training (the base: a fresh adapter changes
+    nothing) and after.
+    """
+
+    def __init__(self, teacher: Teacher, student: Student, held: Sequence[Trajectory],
+                 held_targets: Sequence[Targets] | None, config: BakeConfig):
+        self.teacher, self.student, self.held, self.config = teacher, student, list(held), config
+        self.held_targets = held_targets
+        self.reference: Sequence[Targets] | None = None
+        self.base: Tally | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.held) and self.student.capabilities.can_score
+
+    @property
+    def teacher_scores_base(self) -> bool:
+        tc = self.teacher.capabilities
+        return tc.can_score and tc.full_logits
+
+    def before_training(self) -> None:
+        """Find the reference and measure the untrained student, where that is the method."""
+        cfg = self.config
+        if not self.enabled or self.teacher_scores_base:
+            return
+        if self.held_targets is not None:
+            self.reference = self.held_targets
+        elif self.teacher.capabilities.can_score:
+            self.reference = [t for part in batches(self.held, cfg.score_batch_size * 4)
+                              for t in self.teacher.score(part, top_k=cfg.top_k, full=False)]
+        if self.reference is not None:
+            self.base = tally_student(self.student, self.held, self.reference, cfg.score_batch_size,
+                                      cfg.progress, "evaluate base")
+
+    def after_training(self) -> dict[str, Any] | None:
+        """The metrics for eval.json, or None when nothing could be evaluated."""
+        cfg = self.config
+        if not self.enabled:
+            return None
+        if self.teacher_scores_base:
+            return heldout_metrics(self.teacher, self.student, self.held, cfg.top_k,
+                                   cfg.score_batch_size, cfg.progress)
+        if self.reference is None or self.base is None:
+            return None
+        baked = tally_student(self.student, self.held, self.reference, cfg.score_batch_size,
+                              cfg.progress, "evaluate")
+        where = "the teacher's own samples" if self.held_targets is not None else "held-out samples"
+        return summary(self.base, baked, f"top-{cfg.top_k} with tail on {where} (a lower bound)",
+                       len(self.held))

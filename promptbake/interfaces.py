@@ -109,6 +109,9 @@ class Student(ABC):
     name: ClassVar[str] = "student"
     capabilities: StudentCapabilities = StudentCapabilities()
 
+    def check(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
+        """Cheap checks before anything loads (keys, options); raise a PromptbakeError."""
+
     @abstractmethod
     def setup(self, config: BakeConfig, total_steps: int) -> None:
         """Load the model and build the optimizer for ``total_steps`` optimizer steps."""

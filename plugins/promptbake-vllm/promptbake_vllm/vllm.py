@@ -52,6 +52,18 @@ def full_logits_error(name: str) -> CapabilityError:
     )
 
 
+def without_engine(name: str, trajectories: Sequence[Trajectory], top_k: int | None,
+                   full: bool) -> list[Targets] | None:
+    """Scoring requests that need no engine call: full logits (refused) and tokens only (ce)."""
+    if full:
+        raise full_logits_error(name)
+    if top_k:
+        return None
+    import torch
+
+    return [Targets(sampled_ids=torch.tensor(t.response_ids, dtype=torch.long)) for t in trajectories]
+
+
 def response_prompt(trajectory: Trajectory, side: Side) -> tuple[list[int], int]:
     """The ids a trajectory is scored as, and where its response starts."""
     if side == "prompted":
@@ -178,12 +190,9 @@ class VLLMTeacher(Teacher):
 
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
               side: Side = "prompted") -> list[Targets]:
-        if full:
-            raise full_logits_error(self.name)
-        if not top_k:
-            import torch
-
-            return [Targets(sampled_ids=torch.tensor(t.response_ids, dtype=torch.long)) for t in trajectories]
+        plain = without_engine(self.name, trajectories, top_k, full)
+        if plain is not None:
+            return plain
         llm = self._llm
         params = make_params(
             self.vllm.SamplingParams,

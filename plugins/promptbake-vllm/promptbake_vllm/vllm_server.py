@@ -28,7 +28,7 @@ from .convert import (
     request_seed,
     to_sample,
 )
-from .vllm import full_logits_error, response_prompt
+from .vllm import response_prompt, without_engine
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 T = TypeVar("T")
@@ -225,12 +225,9 @@ class VLLMServerTeacher(Teacher):
 
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
               side: Side = "prompted") -> list[Targets]:
-        if full:
-            raise full_logits_error(self.name)
-        if not top_k:
-            import torch
-
-            return [Targets(sampled_ids=torch.tensor(t.response_ids, dtype=torch.long)) for t in trajectories]
+        plain = without_engine(self.name, trajectories, top_k, full)
+        if plain is not None:
+            return plain
         if self.client is None:
             raise RuntimeError("VLLMServerTeacher.setup() was not called")
 

@@ -16,6 +16,7 @@ from a real engine or server:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -167,20 +168,12 @@ class SamplingParams:
     detokenize: bool = True
 
 
-@dataclass
-class OldSamplingParams:
-    """A SamplingParams from before flat_logprobs existed."""
-
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_token_ids: list[int] | None = None
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    logprobs: int | None = None
-    prompt_logprobs: int | None = None
-    detokenize: bool = True
+# A SamplingParams from before flat_logprobs existed: the same fields less that one.
+OldSamplingParams = dataclasses.make_dataclass(
+    "OldSamplingParams",
+    [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(SamplingParams)
+     if f.name != "flat_logprobs"],
+)
 
 
 @dataclass

@@ -188,7 +188,7 @@ def main() -> None:
     steps = args.epochs * -(-args.queries * args.samples // args.batch_size)
     teacher = HFTeacher()
     teacher.setup(config)
-    renderer = Renderer(handle.tokenizer, prompt, config.max_length)
+    renderer = Renderer(handle.tokenizer, prompt, config.length_limit(handle.model.config.max_position_embeddings))
 
     def fresh_student() -> PeftStudent:
         s = PeftStudent()
@@ -200,7 +200,7 @@ def main() -> None:
     baker.run_dir = RunDir(tempfile.mkdtemp())
     t0 = time.perf_counter()
     trajs = baker.generate(renderer, load_queries(None, "train", args.queries), args.samples)
-    held = baker.generate(renderer, load_queries(None, "heldout", args.heldout), 1, seed_offset=1)
+    held = baker.generate(renderer, load_queries(None, "heldout", args.heldout), 1, split="heldout")
     results["generate_s"] = time.perf_counter() - t0
     results["response_tokens"] = sum(t.response_len for t in trajs)
     print(f"{len(trajs)} trajectories, {results['response_tokens']} response tokens, "

@@ -16,18 +16,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, capabilities, registry
+from . import __version__, capabilities, checkpoint, generation, registry
 from .batching import batches, bucketed
 from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .errors import ConfigError
 from .evaluate import Evaluation
 from .interfaces import Loss, SamplingConfig, Student, Teacher
-from .progress import progress
+from .progress import counter, progress
 from .queries import load_queries
 from .render import Renderer
-from .rundir import RunDir, write_json
-from .types import Prefix, Query, Targets, Trajectory
+from .rundir import (
+    RUNTIME_KEYS,
+    RunDir,
+    replace_dir,
+    verified_dir,
+    write_json,
+    write_manifest,
+)
+from .types import Query, Targets, Trajectory
 
 
 @dataclass
@@ -74,6 +81,30 @@ class Baker:
             "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
         self.run_dir: RunDir | None = None
 
+    @classmethod
+    def resume(cls, run_dir: str | Path, prompt: str | None = None, **settings: Any) -> Baker:
+        """A Baker that continues the bake saved in ``run_dir``.
+
+        The settings are the saved ones; ``prompt`` is needed when the run kept
+        only its sha256. ``settings`` may change how the bake runs (progress,
+        evaluation) but not what it computes.
+        """
+        saved = RunDir.saved_config(run_dir)
+        digest = saved.pop("prompt_sha256", None)
+        stored = saved.pop("prompt", None)
+        prompt = prompt if prompt is not None else stored
+        if prompt is None:
+            raise ConfigError(f"{run_dir} keeps only the prompt's sha256; pass the same --prompt to resume it.")
+        if digest is not None and prompt_sha256(prompt) != digest:
+            raise ConfigError(f"The prompt differs from the one baked in {run_dir} (sha256 {digest[:12]}...); "
+                              f"pass the same prompt to resume.")
+        for key, value in settings.items():
+            if key not in RUNTIME_KEYS and key in saved and saved[key] != value:
+                raise ConfigError(f"{run_dir} was baked with {key}={saved[key]!r}; a resumed bake keeps its "
+                                  f"settings, so {key}={value!r} needs a new --out.")
+        return cls(prompt, config=BakeConfig.from_dict({**saved, "overwrite": False, **settings,
+                                                        "out": str(run_dir), "resume": True}))
+
     # -- stages ---------------------------------------------------------------
 
     def check(self) -> None:
@@ -85,14 +116,28 @@ class Baker:
         self.student.check(self.config)
 
     def run(self) -> BakeResult:
-        """Run the whole bake and return where the adapter is, with metrics."""
+        """Run the whole bake and return where the adapter is, with metrics.
+
+        With ``resume=True`` every stage first takes what the run directory
+        already holds whole: sampled chunks, target shards, the base
+        evaluation, the latest training checkpoint.
+        """
         cfg = self.config
         self.check()
         queries = load_queries(cfg.queries, "train", cfg.max_queries)
         heldout = load_queries(cfg.heldout, "heldout", cfg.max_heldout) if cfg.evaluate else []
         out = cfg.out or _default_out()
-        RunDir.check_free(out, cfg.overwrite)
+        if cfg.resume:
+            done = self._finished(RunDir(out))
+            if done is not None:
+                return done
+        else:
+            RunDir.check_free(out, cfg.overwrite)
         started = time.perf_counter()
+        if not cfg.progress:
+            from .models import hide_loading_bars
+
+            hide_loading_bars()
         try:
             # Load and check everything before the run directory exists, so a bad model
             # or template leaves nothing behind.
@@ -102,14 +147,17 @@ class Baker:
             self.teacher.setup(cfg)
             self.teacher.use_student_tokenizer(self.student.tokenizer)
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
-            renderer = Renderer(self.student.tokenizer, cfg.prompt, cfg.max_length)
-            run = self.run_dir = RunDir.create(out, overwrite=cfg.overwrite)
-            write_json(run.file("config.json"), self._public_config())
+            renderer = Renderer(self.student.tokenizer, cfg.prompt, cfg.length_limit(self.student.context_length))
+            run = self.run_dir = RunDir(out) if cfg.resume else RunDir.create(out, overwrite=cfg.overwrite)
+            if cfg.resume:
+                run.log({"stage": "resume"})
+            else:
+                write_json(run.file("config.json"), self._public_config())
             timings: dict[str, float] = {}
 
             t0 = time.perf_counter()
             trajectories, sample_targets = self.generate_with_targets(renderer, queries, cfg.samples_per_query)
-            held, held_targets = (self.generate_with_targets(renderer, heldout, 1, seed_offset=1)
+            held, held_targets = (self.generate_with_targets(renderer, heldout, 1, split="heldout")
                                   if heldout else ([], None))
             run.write_trajectories(trajectories)
             if held:
@@ -120,7 +168,7 @@ class Baker:
             targets = self.cached_score(trajectories, sample_targets)
             timings["score_s"] = time.perf_counter() - t0
 
-            evaluation = Evaluation(self.teacher, self.student, held, held_targets, cfg)
+            evaluation = Evaluation(self.teacher, self.student, held, held_targets, cfg, run.path)
             evaluation.before_training()
 
             t0 = time.perf_counter()
@@ -142,35 +190,33 @@ class Baker:
         finally:
             self.close()
 
-    def generate(self, renderer: Renderer, queries: list[Query], n: int, seed_offset: int = 0) -> list[Trajectory]:
+    def generate(self, renderer: Renderer, queries: list[Query], n: int, split: str = "train") -> list[Trajectory]:
         """Sample n responses per query from the prompted teacher and render both sides."""
-        return self.generate_with_targets(renderer, queries, n, seed_offset)[0]
+        return self.generate_with_targets(renderer, queries, n, split)[0]
 
     def generate_with_targets(self, renderer: Renderer, queries: list[Query], n: int,
-                              seed_offset: int = 0) -> tuple[list[Trajectory], list[Targets] | None]:
-        """Like :meth:`generate`, plus the targets that came with the samples (hosted teachers), else None."""
+                              split: str = "train") -> tuple[list[Trajectory], list[Targets] | None]:
+        """Like :meth:`generate`, plus the targets that came with the samples (hosted teachers), else None.
+
+        Each chunk of queries is saved to the run directory as it completes (see generation.py).
+        """
         cfg = self.config
-        rendered = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in queries]
-        prefixes = [Prefix(ids=p, messages=tuple(renderer.messages(q, True))) for q, (p, _) in zip(queries, rendered)]
         sampling = SamplingConfig(
             n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-            min_new_tokens=cfg.min_new_tokens, seed=cfg.seed + seed_offset, stop_ids=renderer.stop_ids,
+            min_new_tokens=cfg.min_new_tokens, seed=cfg.seed, stop_ids=renderer.stop_ids,
             logprobs=cfg.top_k if self._targets_from_samples() else None,
         )
-        samples = self.teacher.generate(prefixes, sampling)
-        out: list[Trajectory] = []
-        targets: list[Targets] = []
-        for q, pre, group in zip(queries, rendered, samples):
-            for i, sample in enumerate(group):
-                traj = renderer.trajectory(q, sample.token_ids, i, prefixes=pre)
-                out.append(traj)
-                if sample.targets is not None:
-                    targets.append(_sample_targets(traj, sample.targets))
-        return out, (targets if out and len(targets) == len(out) else None)
+        run = self.run_dir
+        store = generation.ChunkStore(run.file("generate"), split) if run is not None else None
+        return generation.generate(self.teacher, renderer, queries, sampling, split, store, cfg.progress,
+                                   run.log if run is not None else None)
 
     def cached_score(self, trajectories: list[Trajectory],
                      sample_targets: list[Targets] | None = None) -> list[Targets]:
-        """Targets from the cache when its key matches, else scored and written to it."""
+        """Targets from the cache when its key matches, else scored shard by shard and written to it.
+
+        Shards already written for the same key (a stopped bake) are read, not rescored.
+        """
         cfg = self.config
         assert self.run_dir is not None
         need = self.loss.needs
@@ -182,12 +228,28 @@ class Baker:
         if cached is not None:
             self.run_dir.log({"stage": "score", "cache": "hit", "folder": str(store.folder)})
             return cached
-        targets = self.score(trajectories, sample_targets)
-        store.write(targets, key)
-        self.run_dir.log({"stage": "score", "cache": "miss", "folder": str(store.folder), "bytes": store.bytes()})
-        return targets
+        out: list[Targets] = []
+        reused = 0
+        size = store.shard_size
+        with counter(len(trajectories), "score", cfg.progress and need != "tokens", unit="trajectory") as bar:
+            for n, start in enumerate(range(0, len(trajectories), size)):
+                part = trajectories[start: start + size]
+                got = store.read_shard(n, key, len(part))
+                if got is None:
+                    got = self.score(part, sample_targets[start: start + size] if sample_targets else None,
+                                     on_batch=bar.update)
+                    store.write_shard(n, got, key)
+                else:
+                    reused += 1
+                    bar.update(len(part))
+                out.extend(got)
+        store.write_index(len(out), key)
+        self.run_dir.log({"stage": "score", "cache": "miss", "shards_reused": reused, "folder": str(store.folder),
+                          "bytes": store.bytes()})
+        return out
 
-    def score(self, trajectories: list[Trajectory], sample_targets: list[Targets] | None = None) -> list[Targets]:
+    def score(self, trajectories: list[Trajectory], sample_targets: list[Targets] | None = None,
+              on_batch: Any = None) -> list[Targets]:
         """Teacher targets for every response position, computed once.
 
         A teacher that cannot score (hosted APIs) gives its targets with its
@@ -205,50 +267,101 @@ class Baker:
                                   f"with its samples; use loss ce.")
             return sample_targets
         out: list[Targets] = []
-        for part in progress(batches(trajectories, cfg.score_batch_size * 4), "score", cfg.progress):
+        for part in batches(trajectories, cfg.score_batch_size * 4):
             out.extend(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
                                           full=need == "full"))
+            if on_batch is not None:
+                on_batch(len(part))
         return out
 
     def train(self, trajectories: list[Trajectory], targets: list[Targets]) -> dict[str, Any]:
-        """Epochs of shuffled, length-bucketed micro-batches; grad_accum of them per optimizer step."""
+        """Epochs of shuffled, length-bucketed micro-batches; grad_accum of them per optimizer step.
+
+        The training state is checkpointed every ``checkpoint_every`` steps and at the
+        end; a resumed bake restores the newest checkpoint and replays the same
+        shuffle, skipping the steps already taken.
+        """
         cfg = self.config
-        assert self.run_dir is not None
+        run = self.run_dir
+        assert run is not None
         rng = random.Random(cfg.seed)
         lengths = [len(t.unprompted_ids) for t in trajectories]
         steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum)
-        bar = progress(range(cfg.epochs * steps_per_epoch), "train", cfg.progress, unit="step")
+        total = cfg.epochs * steps_per_epoch
+        data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
+                               kind=self.loss.needs, top_k=cfg.top_k, trajectories=trajectories)
+        _seed_torch(cfg.seed)  # training's randomness (dropout) must not depend on what ran before it
+        start, first = self._restore(data_key)
+        can_save = self.student.capabilities.checkpoints
+        bar = progress(range(total), "train", cfg.progress, unit="step", initial=start)
         bar_iter = iter(bar)
         step = 0
-        first = last = None
+        last = None
         for epoch in range(cfg.epochs):
             micro = bucketed(lengths, cfg.batch_size, rng)  # similar lengths: little padding
             for group in batches(micro, cfg.grad_accum):
+                step += 1
+                if step <= start:
+                    continue  # taken before the checkpoint; the shuffle above is replayed all the same
                 batch = [[(trajectories[i], targets[i]) for i in mb] for mb in group]
                 m = self.student.step(batch, self.loss)
-                step += 1
                 first = m["loss"] if first is None else first
                 last = m["loss"]
-                self.run_dir.log({"stage": "train", "step": step, "epoch": epoch, **m})
+                run.log({"stage": "train", "step": step, "epoch": epoch, **m})
+                if can_save and (step % cfg.checkpoint_every == 0 or step == total):
+                    checkpoint.save(run.file("checkpoint"), self.student,
+                                    {"step": step, "data_key": data_key, "first_loss": first})
                 next(bar_iter, None)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
         for _ in bar_iter:
             pass
+        if last is None:  # everything was done before the checkpoint
+            last = next((r["loss"] for r in reversed(run.records()) if r.get("stage") == "train" and "loss" in r), None)
         return {"steps": step, "first_loss": first, "last_loss": last}
 
+    def _restore(self, data_key: str) -> tuple[int, float | None]:
+        """The step to continue after and the first loss, from the newest checkpoint (0, None: start)."""
+        run = self.run_dir
+        assert run is not None
+        if not (self.config.resume and self.student.capabilities.checkpoints):
+            return 0, None
+        found = checkpoint.load(run.file("checkpoint"))
+        if found is None or found[1].get("data_key") != data_key:
+            step = 0
+        else:
+            self.student.load_state(str(found[0]))
+            step = int(found[1]["step"])
+        # Steps logged after the checkpoint will be taken again: drop their records.
+        run.keep_records(lambda r: r.get("stage") != "train" or r.get("step", 0) <= step)
+        run.log({"stage": "train", "resumed_at": step})
+        return step, (found[1].get("first_loss") if step else None)
+
     def save(self) -> Path:
-        """Write the adapter to RUN/adapter atomically (temp folder, then rename)."""
+        """Write the adapter to RUN/adapter atomically (temp folder with a manifest, then swapped in)."""
         assert self.run_dir is not None
         final = self.run_dir.file("adapter")
         tmp = self.run_dir.file(".adapter.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         self.student.save(str(tmp), self._metadata())
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        write_manifest(tmp)
+        replace_dir(tmp, final)
         return final
+
+    def _finished(self, run: RunDir) -> BakeResult | None:
+        """The result of a run directory whose bake already completed (resume has nothing to do)."""
+        import json
+
+        done = next((r for r in reversed(run.records()) if r.get("stage") == "done"), None)
+        adapter = run.file("adapter")
+        if done is None or verified_dir(adapter) != adapter:
+            return None
+        result = BakeResult(run_dir=run.path, adapter_path=adapter, metrics={k: v for k, v in done.items()
+                                                                                if k != "stage"})
+        if run.file("eval.json").is_file():
+            result.eval = json.loads(run.file("eval.json").read_text(encoding="utf-8"))
+        return result
 
     def close(self) -> None:
         self.teacher.close()
@@ -282,16 +395,10 @@ class Baker:
         return data
 
 
-def _sample_targets(traj: Trajectory, targets: Targets) -> Targets:
-    """A sample's targets cut to the trajectory (which may end earlier), on its tokens."""
+def _seed_torch(seed: int) -> None:
     import torch
 
-    if len(targets) < traj.response_len:
-        raise ConfigError(f"The teacher gave {len(targets)} target rows for a {traj.response_len}-token "
-                          f"response ({traj.key}); a teacher must give one row per sampled token.")
-    out = targets.head(traj.response_len)
-    out.sampled_ids = torch.tensor(traj.response_ids, dtype=torch.long)
-    return out
+    torch.manual_seed(seed)
 
 
 def _default_out() -> str:

@@ -63,7 +63,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--prompt", "-p", required=True, help="System prompt text, or a file holding it.")
+@click.option("--prompt", "-p", help="System prompt text, or a file holding it.")
 @click.option("--teacher", help="Teacher backend (default: hf).")
 @click.option("--student", help="Student backend (default: peft).")
 @click.option("--loss", help="Loss: ce, topk_kl (default) or full_kl.")
@@ -72,6 +72,8 @@ def cli(debug: bool) -> None:
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings.")
 @click.option("--out", "-o", help="Run directory (default: runs/bake-TIMESTAMP).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing run directory.")
+@click.option("--resume", "resume_dir", type=click.Path(), metavar="RUN_DIR",
+              help="Continue the bake saved in RUN_DIR with its settings, keeping all finished work.")
 @click.option("--top-k", type=int, help="K for topk_kl (default 20).")
 @click.option("--epochs", type=int, help="Training epochs (default 3).")
 @click.option("--lr", type=float, help="Learning rate (default 1e-3).")
@@ -80,21 +82,36 @@ def cli(debug: bool) -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. -s samples_per_query=2.")
-def bake(prompt: str, config_file: str | None, sets: tuple[str, ...], no_eval: bool, quiet: bool,
-         **options: Any) -> None:
-    """Bake PROMPT into the model and evaluate on held-out queries."""
+def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_eval: bool, quiet: bool,
+         resume_dir: str | None, **options: Any) -> None:
+    """Bake PROMPT into the model and evaluate on held-out queries.
+
+    A bake that stopped (crash, kill, lost machine) continues with
+    ``--resume RUN_DIR``: finished samples, targets and training steps are kept.
+    """
     from .baker import Baker
     from .config import BakeConfig
 
     settings = {k: v for k, v in options.items() if v is not None}
     settings.update(_parse_set(sets))
-    settings["prompt"] = read_prompt(prompt)
     if no_eval:
         settings["evaluate"] = False
     if quiet:
         settings["progress"] = False
-    config = BakeConfig.from_toml(config_file, **settings) if config_file else BakeConfig.from_dict(settings)
-    result = Baker(config=config).run()
+    if resume_dir is not None:
+        if config_file:
+            raise ConfigError("--resume uses the settings saved in the run directory; drop --config.")
+        if settings.get("out") not in (None, resume_dir):
+            raise ConfigError("--resume continues RUN_DIR in place; drop --out.")
+        settings.pop("out", None)
+        baker = Baker.resume(resume_dir, read_prompt(prompt) if prompt is not None else None, **settings)
+    else:
+        if prompt is None:
+            raise ConfigError("Pass the system prompt with --prompt (text or a file), or --resume RUN_DIR.")
+        settings["prompt"] = read_prompt(prompt)
+        config = BakeConfig.from_toml(config_file, **settings) if config_file else BakeConfig.from_dict(settings)
+        baker = Baker(config=config)
+    result = baker.run()
     click.echo(f"Adapter: {result.adapter_path}")
     if result.eval:
         e = result.eval

@@ -36,7 +36,7 @@ class BakeConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 20
-    max_length: int = 1024
+    max_length: int | None = None  # tokens per rendering; None: the model's context, at most 1024
     # training
     epochs: int = 3
     batch_size: int = 8
@@ -57,24 +57,35 @@ class BakeConfig:
     generate_batch_size: int = 16
     out: str | None = None
     target_cache: str | None = None  # a folder shared by runs: same key, no teacher calls
+    checkpoint_every: int = 50  # optimizer steps between training checkpoints (and one at the end)
     overwrite: bool = False
+    resume: bool = False  # continue the bake in ``out`` from what it saved
     include_prompt: bool = False  # store the prompt text in the run and adapter metadata
     evaluate: bool = True
     progress: bool = True
 
-    _POSITIVE = ("samples_per_query", "max_new_tokens", "top_k", "max_length", "epochs",
+    _POSITIVE = ("samples_per_query", "max_new_tokens", "top_k", "epochs",
                  "batch_size", "grad_accum", "lora_rank", "score_batch_size",
-                 "generate_batch_size")
+                 "generate_batch_size", "checkpoint_every")
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def length_limit(self, context: int | None) -> int:
+        """Tokens allowed per rendering for a model with ``context`` positions (None: unknown)."""
+        if self.max_length is None:
+            return min(1024, context) if context else 1024
+        if context and self.max_length > context:
+            raise ConfigError(f"max_length={self.max_length} is longer than the model's context of {context} "
+                              f"tokens; set max_length to {context} or less.")
+        return self.max_length
 
     def validate(self) -> None:
         for name in self._POSITIVE:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        for name in ("max_queries", "max_heldout"):
+        for name in ("max_queries", "max_heldout", "max_length"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -94,6 +105,8 @@ class BakeConfig:
             raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha!r}.")
         if self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ConfigError("max_grad_norm and weight_decay must be >= 0.")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues a run directory and --overwrite replaces it; pass one of them.")
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -12,14 +12,20 @@ before training (a fresh LoRA adapter leaves the base model unchanged).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .batching import batches
+from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .interfaces import BatchTargets, Student, Teacher
 from .progress import progress
+from .rundir import write_json
 from .types import Targets, Trajectory
+
+BASE_FILE = "eval-base.json"
 
 
 class Tally:
@@ -49,6 +55,15 @@ class Tally:
         self.kl += float(per_token.sum())
         self.agree += int(hits.sum())
         self.tokens += int(keep.sum()) if keep is not None else int(prompted.sampled_ids.shape[0])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"full": self.full, "kl": self.kl, "agree": self.agree, "tokens": self.tokens}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tally:
+        tally = cls(bool(data["full"]))
+        tally.kl, tally.agree, tally.tokens = float(data["kl"]), int(data["agree"]), int(data["tokens"])
+        return tally
 
     @property
     def mean_kl(self) -> float:
@@ -111,11 +126,14 @@ class Evaluation:
     """
 
     def __init__(self, teacher: Teacher, student: Student, held: Sequence[Trajectory],
-                 held_targets: Sequence[Targets] | None, config: BakeConfig):
+                 held_targets: Sequence[Targets] | None, config: BakeConfig, run_path: str | Path | None = None):
         self.teacher, self.student, self.held, self.config = teacher, student, list(held), config
         self.held_targets = held_targets
         self.reference: Sequence[Targets] | None = None
         self.base: Tally | None = None
+        # Where the measurement before training is kept, so a resumed bake (whose
+        # student may already be trained) reads it instead of measuring again.
+        self.run_path = Path(run_path) if run_path is not None else None
 
     @property
     def enabled(self) -> bool:
@@ -131,6 +149,10 @@ class Evaluation:
         cfg = self.config
         if not self.enabled or self.teacher_scores_base:
             return
+        key = targets_key(model=cfg.teacher_model or cfg.model, teacher=self.teacher.name, prompt_sha256="",
+                          kind="topk", top_k=cfg.top_k, trajectories=self.held)
+        if self._restore(key):
+            return
         if self.held_targets is not None:
             self.reference = self.held_targets
         elif self.teacher.capabilities.can_score:
@@ -139,6 +161,26 @@ class Evaluation:
         if self.reference is not None:
             self.base = tally_student(self.student, self.held, self.reference, cfg.score_batch_size,
                                       cfg.progress, "evaluate base")
+            if self.run_path is not None:
+                if self.held_targets is None:
+                    TargetStore(self.run_path / "heldout-targets").write(self.reference, key)
+                write_json(self.run_path / BASE_FILE, {"key": key, "base": self.base.to_json()})
+
+    def _restore(self, key: str) -> bool:
+        """Take the reference and base measurement saved by an earlier run of this bake."""
+        if self.run_path is None or not self.config.resume:
+            return False
+        try:
+            saved = json.loads((self.run_path / BASE_FILE).read_text(encoding="utf-8"))
+            base = Tally.from_json(saved["base"]) if saved.get("key") == key else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        reference = (self.held_targets if self.held_targets is not None
+                     else TargetStore(self.run_path / "heldout-targets").read(key))
+        if base is None or reference is None:
+            return False
+        self.base, self.reference = base, reference
+        return True
 
     def after_training(self) -> dict[str, Any] | None:
         """The metrics for eval.json, or None when nothing could be evaluated."""

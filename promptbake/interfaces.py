@@ -39,6 +39,7 @@ class StudentCapabilities:
 
     losses: frozenset[str] | None = None  # None: any Loss object (it runs torch losses itself)
     can_score: bool = True  # can report its own distribution, for evaluation
+    checkpoints: bool = False  # implements save_state/load_state, so a resumed bake continues training
 
 
 @dataclass
@@ -121,6 +122,11 @@ class Student(ABC):
     def tokenizer(self) -> Any:
         """The tokenizer whose chat template defines the renderings."""
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model can attend over (None: unknown); bounds the renderings."""
+        return None
+
     @abstractmethod
     def step(self, micro_batches: Sequence[Sequence[tuple[Trajectory, Targets]]], loss: Loss) -> dict[str, float]:
         """One optimizer step over gradient-accumulation micro-batches.
@@ -136,6 +142,15 @@ class Student(ABC):
     def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
         """The student's own distribution at response positions of the unprompted side."""
         raise NotImplementedError(f"student '{self.name}' cannot score")
+
+    def save_state(self, path: str) -> None:
+        """Write everything needed to continue training (weights, optimizer, schedule, RNG) into
+        directory ``path``, without pickle. Students that set ``capabilities.checkpoints`` implement it."""
+        raise NotImplementedError(f"student '{self.name}' cannot checkpoint")
+
+    def load_state(self, path: str) -> None:
+        """Restore what :meth:`save_state` wrote, after :meth:`setup` with the same settings."""
+        raise NotImplementedError(f"student '{self.name}' cannot checkpoint")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -26,6 +26,14 @@ EMBEDDED = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def hide_loading_bars() -> None:
+    """Silence transformers' and the hub's own progress bars (for ``--quiet``)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def embedded_gguf(name: str) -> tuple[str, str]:
     """(folder, file name) of an embedded model's GGUF, found without importing its package."""
     dist, package, filename = EMBEDDED[name]

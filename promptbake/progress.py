@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -17,3 +18,23 @@ def progress(items: Iterable[T], desc: str, enabled: bool = True, total: int | N
     from tqdm.auto import tqdm
 
     yield from tqdm(items, desc=desc, total=total, unit=unit, dynamic_ncols=True, **kwargs)
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def counter(total: int, desc: str, enabled: bool = True, unit: str = "item") -> Iterator[Any]:
+    """A bar advanced by hand (``bar.update(n)``), for work done in chunks; silent when disabled."""
+    if not enabled:
+        yield _Silent()
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
+        yield bar

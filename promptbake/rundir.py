@@ -3,15 +3,24 @@
 Layout::
 
     RUN/config.json        settings (the prompt's sha256; its text only if asked)
+    RUN/generate/          teacher samples, one file per chunk of queries (see generation.py)
     RUN/trajectories.jsonl rendered trajectories
     RUN/targets/           teacher targets (see cache.py)
+    RUN/eval-base.json     the untrained student's held-out scores, when measured before training
+    RUN/checkpoint/        the latest training state (see checkpoint.py)
     RUN/metrics.jsonl      one line per training step and per stage
     RUN/adapter/           the trained adapter (plus promptbake.json)
     RUN/eval.json          held-out evaluation
+
+Every file is written to a temporary name and renamed into place; folders carry a
+``manifest.json`` of their files' sizes and sha256, checked before a resumed bake
+trusts them. So a bake killed at any point leaves nothing half-written that a
+later ``--resume`` would use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -53,11 +62,87 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | Path) -> None:
+    """Record every file's size and sha256 in ``folder/manifest.json``."""
+    folder = Path(folder)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_json(folder / MANIFEST, {"files": files})
+
+
+def verify_manifest(folder: str | Path) -> bool:
+    """Whether ``folder`` holds exactly the files its manifest lists, whole."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+            return False
+    return True
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, keeping the old one until the new is in place."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def verified_dir(final: str | Path) -> Path | None:
+    """``final`` if its manifest checks out, else the previous copy kept by :func:`replace_dir`."""
+    final = Path(final)
+    for candidate in (final, final.with_name(f".{final.name}.old")):
+        if candidate.is_dir() and verify_manifest(candidate):
+            return candidate
+    return None
+
+
+# Settings that may differ between a bake and its resumption: they change how it
+# runs or reports, not what it computes.
+RUNTIME_KEYS = frozenset({"progress", "overwrite", "resume", "out", "evaluate", "target_cache",
+                          "max_heldout", "score_batch_size"})
+
+
 class RunDir:
     """A bake's output directory."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @staticmethod
+    def saved_config(path: str | Path) -> dict[str, Any]:
+        """The settings a run directory was created with (``config.json``)."""
+        p = Path(path)
+        try:
+            data = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p} is not a promptbake run directory (no config.json); "
+                              f"--resume takes the --out of an earlier bake.") from None
+        except (OSError, ValueError):
+            raise ConfigError(f"{p}/config.json is unreadable; start a new bake instead of resuming.") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}/config.json is not a settings object; start a new bake instead of resuming.")
+        return data
 
     @staticmethod
     def check_free(path: str | Path, overwrite: bool = False) -> None:
@@ -86,6 +171,25 @@ class RunDir:
         """Append one metrics record (a line is small; appends are whole lines)."""
         with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        """The metrics records written so far (a line cut short by a crash is skipped)."""
+        out = []
+        try:
+            lines = self.file("metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def keep_records(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite metrics.jsonl with only the records ``keep`` accepts (training steps past a checkpoint)."""
+        records = [r for r in self.records() if keep(r)]
+        write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
 
     def write_trajectories(self, trajectories: Iterable[Trajectory], name: str = "trajectories.jsonl") -> None:
         write_text(self.file(name), "".join(json.dumps(t.to_json()) + "\n" for t in trajectories))

@@ -114,3 +114,50 @@ def test_set_dotted_keys_fill_option_tables(tmp_path):
     path.write_text('prompt = "p"\n[teacher_options]\nmodel = "m"\n', encoding="utf-8")
     config = BakeConfig.from_toml(path, **parsed)
     assert config.teacher_options == {"model": "m", "base_url": "http://127.0.0.1:9/v1", "concurrency": 4}
+
+
+def _queries(tmp_path, name: str, content: bytes) -> str:
+    (tmp_path / name).write_bytes(content)
+    return name
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("blank.jsonl", b"\n  \n", "query set blank.jsonl is empty"),
+    ("bad.jsonl", b'{"prompt": "hi"}\n{"prompt": oops}\n', "bad.jsonl line 2 is not valid JSON"),
+    ("latin1.jsonl", b'{"prompt": "r\xe9ponds"}\n', "is not valid UTF-8"),
+    ("fields.jsonl", b'{"text": "hi"}\n', "fields.jsonl line 1: needs a 'messages', 'prompt' or 'question' field"),
+])
+def test_bad_query_files_are_refused_before_any_model_loads(tmp_path, name, content, fragment):
+    result = run_cli("bake", "-p", "x", "-q", _queries(tmp_path, name, content), "-o", "run", cwd=tmp_path)
+    assert_one_sentence_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rendering_longer_than_the_model_context_is_refused(tmp_path):
+    model = save_tiny_model(tmp_path)  # 512 positions
+    result = run_cli("bake", "-p", "x", "-m", str(model), "-s", "max_length=4096", "-o", str(tmp_path / "r"),
+                     "--quiet")
+    assert_one_sentence_error(result, "max_length=4096 is longer than the model's context of 512 tokens")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_refusals(tmp_path):
+    assert_one_sentence_error(run_cli("bake", cwd=tmp_path), "Pass the system prompt with --prompt")
+    (tmp_path / "empty").mkdir()
+    assert_one_sentence_error(run_cli("bake", "--resume", "empty", "-p", "x", cwd=tmp_path),
+                              "empty is not a promptbake run directory")
+    run = tmp_path / "run"
+    run.mkdir()
+    from promptbake.baker import prompt_sha256
+
+    (run / "config.json").write_text(json.dumps({"prompt_sha256": prompt_sha256("Be brief."), "epochs": 3}))
+    assert_one_sentence_error(run_cli("bake", "--resume", "run", cwd=tmp_path), "pass the same --prompt")
+    assert_one_sentence_error(run_cli("bake", "--resume", "run", "-p", "Be long.", cwd=tmp_path),
+                              "The prompt differs from the one baked in run")
+    assert_one_sentence_error(run_cli("bake", "--resume", "run", "-p", "Be brief.", "--epochs", "5", cwd=tmp_path),
+                              "run was baked with epochs=3")
+    assert_one_sentence_error(run_cli("bake", "--resume", "run", "-p", "Be brief.", "--overwrite", cwd=tmp_path),
+                              "pass one of them")
+    assert_one_sentence_error(run_cli("bake", "--resume", "run", "-p", "Be brief.", "-c", "x.toml", cwd=tmp_path),
+                              "drop --config")
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3  # untouched

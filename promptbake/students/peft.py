@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .. import models
+from .. import checkpoint, models
 from ..batching import batches
 from ..config import BakeConfig
 from ..errors import ConfigError
@@ -30,7 +30,7 @@ class PeftStudent(Student):
     """LoRA on a transformers model (all linear layers by default)."""
 
     name = "peft"
-    capabilities = StudentCapabilities(losses=None, can_score=True)
+    capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=True)
 
     def __init__(self, model: str | None = None, head_chunk: int | None = 1024):
         self.model_spec = model
@@ -71,6 +71,10 @@ class PeftStudent(Student):
     @property
     def tokenizer(self) -> Any:
         return self._handle.tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self._handle.model.config, "max_position_embeddings", None)
 
     @property
     def _handle(self) -> models.ModelHandle:
@@ -128,6 +132,14 @@ class PeftStudent(Student):
         h.peft_model.save_pretrained(path, save_embedding_layers=False)
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
+
+    def save_state(self, path: str) -> None:
+        assert self.optimizer is not None
+        checkpoint.save_torch_state(path, self._handle.peft_model, self.optimizer, self.scheduler)
+
+    def load_state(self, path: str) -> None:
+        assert self.optimizer is not None
+        checkpoint.load_torch_state(path, self._handle.peft_model, self.optimizer, self.scheduler)
 
     def close(self) -> None:
         # Give the shared base model back without the adapter layers.

@@ -33,6 +33,8 @@ from promptbake.errors import (
     CapabilityError,
     ConfigError,
     MissingDependencyError,
+    http_failure,
+    server_detail,
 )
 from promptbake.interfaces import SamplingConfig, Teacher, TeacherCapabilities
 from promptbake.progress import progress
@@ -262,17 +264,20 @@ class OpenAITeacher(Teacher):
         }
 
     def _status_sentence(self, exc: Any) -> str:
+        """One sentence for an HTTP error status (the wording is this backend's; the kinds are core's)."""
         code = exc.status_code
-        detail = _first_line(getattr(exc, "message", "") or str(exc))
-        if code in (401, 403):
+        detail = server_detail(getattr(exc, "body", None), getattr(exc, "message", "") or str(exc),
+                               secret=os.environ.get(self.api_key_env))
+        kind = http_failure(code)
+        if kind == "key":
             return (f"{self.endpoint} refused the API key from {self.api_key_env} (HTTP {code}); "
                     f"check that the key is valid for this endpoint.")
-        if code == 404:
-            return f"{self.endpoint} has no model '{self.model_name}' (HTTP 404): {detail}"
-        if code == 429 or code >= 500:
+        if kind == "missing":
+            return f"{self.endpoint} has no model '{self.model_name}' (HTTP 404): {detail}."
+        if kind == "retried":
             return (f"{self.endpoint} kept failing after {self.max_retries} retries (HTTP {code}): {detail}; "
                     f"completed responses are kept, so a re-run resumes.")
-        return f"{self.endpoint} rejected the request (HTTP {code}): {detail}"
+        return f"{self.endpoint} rejected the request (HTTP {code}): {detail}."
 
     # -- mapping -------------------------------------------------------------
 
@@ -316,11 +321,6 @@ _TOP_LEVEL = {"model", "messages", "max_tokens", "temperature", "top_p", "seed",
 
 def _bytes(value: Any) -> bytes | None:
     return bytes(value) if value is not None else None
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no details"
-    return line[:limit]
 
 
 def _seed(seed: int, messages: Sequence[dict[str, str]], sample: int) -> int:

@@ -60,24 +60,10 @@ class Mapped:
         return sum(1 for w in self.weight if w == 0)
 
     def targets(self) -> Any:
-        """As promptbake Targets (rows padded to one width with -inf entries)."""
-        import torch
+        """As promptbake Targets (rows padded to one width with -inf entries; excluded rows weight 0)."""
+        from promptbake.scoring import sparse_targets
 
-        from promptbake.scoring import log1mexp
-        from promptbake.types import Targets
-
-        width = max(1, max((len(r) for r in self.topk), default=1))
-        ids = torch.zeros((len(self.ids), width), dtype=torch.int32)
-        logp = torch.full((len(self.ids), width), float("-inf"))
-        for r, (row, tok) in enumerate(zip(self.topk, self.ids)):
-            ids[r, :] = row[0][0] if row else tok  # padding repeats a real id (see BatchTargets)
-            for k, (i, lp) in enumerate(row):
-                ids[r, k], logp[r, k] = i, lp
-        # Mass outside the kept entries; rounding can make the top-K sum reach 1.
-        tail = log1mexp(torch.logsumexp(logp, dim=-1).clamp(max=0.0))
-        return Targets(sampled_ids=torch.tensor(self.ids, dtype=torch.long), topk_ids=ids,
-                       topk_logprobs=logp, tail_logprob=tail,
-                       weight=torch.tensor(self.weight, dtype=torch.float32))
+        return sparse_targets(self.topk, self.ids, weight=self.weight)
 
 
 def _byte_level_table() -> dict[str, int]:

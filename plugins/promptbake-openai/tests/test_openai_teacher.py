@@ -234,13 +234,13 @@ def test_text_only_api_tokens_map_like_llama_cpp(tiny_model, bake_settings, tmp_
 
 def test_sample_targets_are_cut_with_their_trajectory():
     """A trajectory that truncates its sample keeps the first rows of its targets."""
-    from promptbake.baker import _sample_targets
+    from promptbake.generation import cut_to
     from promptbake.types import Targets, Trajectory
 
     t = Targets(sampled_ids=torch.arange(5), topk_ids=torch.zeros(5, 2, dtype=torch.int32),
                 topk_logprobs=torch.zeros(5, 2), tail_logprob=torch.zeros(5), weight=torch.ones(5))
     traj = Trajectory("q", 0, [9, 9, 0, 1, 7], [9, 0, 1, 7], response_len=3)
-    cut = _sample_targets(traj, t)
+    cut = cut_to(traj, t)
     assert len(cut) == 3 and cut.sampled_ids.tolist() == [0, 1, 7] and cut.weight.shape == (3,)
 
 

@@ -141,33 +141,16 @@ def _sample(seq: Any, stop: Sequence[int]) -> Sample:
 def topk_targets(rows: Sequence[Any] | None, start: int, response_ids: list[int], k: int) -> Targets:
     """Targets from ``SampleResponse.topk_prompt_logprobs`` for prompt positions ``start ..``.
 
-    Rows with fewer than K entries are padded with the row's first id at -inf (as
-    the core pads hosted teachers); a position with no entries gets weight 0.
-    The tail is log(1 - sum p_k), from the top-K alone (never NaN: log1mexp clamps).
+    Rows with fewer than K entries are padded as the core pads them (see
+    :func:`promptbake.scoring.sparse_targets`); a position with no entries gets weight 0.
     """
-    import torch
+    from promptbake.scoring import sparse_targets
 
-    from promptbake.scoring import log1mexp
-
-    n = len(response_ids)
-    ids = torch.zeros((n, k), dtype=torch.int32)
-    logprobs = torch.full((n, k), float("-inf"), dtype=torch.float32)
-    weight = torch.ones(n, dtype=torch.float32)
     rows = list(rows or [])
-    for i in range(n):
-        p = start + i
+    kept: list[list[tuple[int, float]]] = []
+    for p in range(start, start + len(response_ids)):
         entries = rows[p] if p < len(rows) else None
-        entries = [(int(t), float(lp)) for t, lp in (entries or []) if lp > SENTINEL and not math.isnan(lp)][:k]
-        if not entries:
-            weight[i] = 0.0
-            ids[i] = int(response_ids[i])
-            continue
-        for j, (tok, lp) in enumerate(entries):
-            ids[i, j] = tok
-            logprobs[i, j] = lp
-        ids[i, len(entries):] = entries[0][0]
-    tail = log1mexp(torch.logsumexp(logprobs, dim=-1))
-    return Targets(
-        sampled_ids=torch.tensor(response_ids, dtype=torch.long), topk_ids=ids, topk_logprobs=logprobs,
-        tail_logprob=tail, weight=None if bool((weight > 0).all()) else weight,
-    )
+        # The SDK fills empty slots of its dense arrays with a sentinel log-prob: drop them.
+        kept.append([(int(t), float(lp)) for t, lp in (entries or []) if lp > SENTINEL and not math.isnan(lp)][:k])
+    weight = [1.0 if row else 0.0 for row in kept]
+    return sparse_targets(kept, response_ids, width=k, weight=None if all(weight) else weight)

@@ -120,33 +120,19 @@ def topk_targets(rows: Sequence[list[Entry]], sampled_ids: Sequence[int], top_k:
     """Targets from per-position entries: the K best of each row, sorted, and the tail mass.
 
     A row with fewer than K entries is widened the way promptbake pads top-K
-    rows: its first id repeated with log-prob -inf (zero mass).
+    rows (see :func:`promptbake.scoring.sparse_targets`); an empty row is an error.
     """
-    import torch
-
-    from promptbake.scoring import log1mexp
+    from promptbake.scoring import sparse_targets
 
     if len(rows) != len(sampled_ids):
         raise VLLMResponseError(f"vLLM returned {len(rows)} log-prob rows for {len(sampled_ids)} tokens.")
-    ids = torch.zeros((len(rows), top_k), dtype=torch.int32)
-    values = torch.full((len(rows), top_k), -math.inf, dtype=torch.float64)
+    best = []
     for r, entries in enumerate(rows):
-        best = _best(entries, top_k)
-        if not best:
+        row = _best(entries, top_k)
+        if not row:
             raise VLLMResponseError(f"vLLM returned no log-probabilities for response position {r}.")
-        ids[r, : len(best)] = torch.tensor([e[0] for e in best], dtype=torch.int32)
-        ids[r, len(best):] = best[0][0]
-        values[r, : len(best)] = torch.tensor([e[1] for e in best], dtype=torch.float64)
-    # Tail = log(1 - sum p_k), in float64 (the top-K mass can be close to 1). When the
-    # sum rounds to >= 1 there is no tail: -inf, never NaN.
-    mass = torch.logsumexp(values, dim=-1)
-    tail = torch.where(mass < 0, log1mexp(mass), torch.full_like(mass, -math.inf))
-    return Targets(
-        sampled_ids=torch.tensor(list(sampled_ids), dtype=torch.long),
-        topk_ids=ids,
-        topk_logprobs=values.to(torch.float32),
-        tail_logprob=tail.to(torch.float32),
-    )
+        best.append([(tok, lp) for tok, lp, _ in row])
+    return sparse_targets(best, sampled_ids, width=top_k)
 
 
 def prompt_targets(prompt_logprobs: Any, prefix_len: int, response_ids: Sequence[int], top_k: int) -> Targets:

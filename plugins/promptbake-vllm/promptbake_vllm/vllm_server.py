@@ -16,7 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from promptbake.config import BakeConfig
-from promptbake.errors import ConfigError, MissingDependencyError
+from promptbake.errors import (
+    ConfigError,
+    MissingDependencyError,
+    http_failure,
+    server_detail,
+)
 from promptbake.interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from promptbake.progress import progress
 from promptbake.types import Prefix, Sample, Targets, Trajectory
@@ -145,46 +150,35 @@ class VLLMServerTeacher(Teacher):
 
         try:
             return fn()
-        except openai.AuthenticationError:
-            raise VLLMServerError(
-                f"The vLLM server at {self.base_url} rejected the API key; set the environment variable "
-                f"{self.api_key_env} to the key the server was started with (vllm serve --api-key)."
-            ) from None
-        except openai.NotFoundError as exc:
-            raise VLLMServerError(
-                f"The vLLM server at {self.base_url} answered 404 ({self._message(exc)}); check "
-                f"teacher_options.model ('{self.model}') and that base_url ends in /v1."
-            ) from None
-        except openai.BadRequestError as exc:
-            message = self._message(exc)
-            too_many = _TOO_MANY.search(message)
-            if too_many:
-                asked = top_k or int(too_many.group(1))
-                raise VLLMServerError(
-                    f"The vLLM server at {self.base_url} allows at most {too_many.group(2)} log-probabilities "
-                    f"per position but top_k={asked} needs {asked}; restart it with --max-logprobs {asked} "
-                    f"(or lower top_k)."
-                ) from None
-            raise VLLMServerError(f"The vLLM server at {self.base_url} rejected a request: {message}.") from None
         except openai.APIStatusError as exc:
-            raise VLLMServerError(
-                f"The vLLM server at {self.base_url} failed with HTTP {exc.status_code} after "
-                f"{self.max_retries} retries: {self._message(exc)}."
-            ) from None
+            raise VLLMServerError(self._status_sentence(exc, top_k)) from None
         except openai.APIConnectionError:
             raise VLLMServerError(
                 f"Could not reach a vLLM server at {self.base_url} after {self.max_retries} retries; start "
                 f"one with 'vllm serve MODEL' or set teacher_options.base_url."
             ) from None
 
-    def _message(self, exc: Any) -> str:
-        body = getattr(exc, "body", None)
-        text = body.get("message") if isinstance(body, Mapping) else body
-        text = str(text or getattr(exc, "message", "") or type(exc).__name__).strip().splitlines()[0][:300]
-        key = os.environ.get(self.api_key_env)
-        if key and len(key) >= 4:  # never repeat the key, even if a proxy echoes it
-            text = text.replace(key, "***")
-        return text.rstrip(".")
+    def _status_sentence(self, exc: Any, top_k: int | None) -> str:
+        """One sentence for an HTTP error status (the wording is this backend's; the kinds are core's)."""
+        code = exc.status_code
+        message = server_detail(getattr(exc, "body", None), getattr(exc, "message", "") or type(exc).__name__,
+                                secret=os.environ.get(self.api_key_env))
+        kind = http_failure(code)
+        where = f"The vLLM server at {self.base_url}"
+        if kind == "key":
+            return (f"{where} rejected the API key; set the environment variable {self.api_key_env} to the "
+                    f"key the server was started with (vllm serve --api-key).")
+        if kind == "missing":
+            return (f"{where} answered 404 ({message}); check teacher_options.model ('{self.model}') and "
+                    f"that base_url ends in /v1.")
+        if kind == "retried":
+            return f"{where} failed with HTTP {code} after {self.max_retries} retries: {message}."
+        too_many = _TOO_MANY.search(message)
+        if too_many:  # vLLM caps log-probs per position at startup (--max-logprobs)
+            asked = top_k or int(too_many.group(1))
+            return (f"{where} allows at most {too_many.group(2)} log-probabilities per position but "
+                    f"top_k={asked} needs {asked}; restart it with --max-logprobs {asked} (or lower top_k).")
+        return f"{where} rejected a request: {message}."
 
     def _map(self, fn: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]:
         """``fn`` over ``items`` with ``concurrency`` requests in flight, in order."""

@@ -25,7 +25,7 @@ from vllm_fakes import (
     server_json,
 )
 
-from promptbake.scoring import logits_to_targets
+from promptbake.scoring import logits_to_targets, sparse_targets
 from promptbake.types import Trajectory
 
 V, K, PREFIX, R = 64, 5, 7, 9
@@ -124,6 +124,15 @@ def test_tail_is_minus_infinity_not_nan_when_the_top_k_sum_rounds_to_one():
     assert got.tail_logprob[2] == pytest.approx(math.log(1 - math.exp(-0.1) - math.exp(-2.5)), abs=1e-6)
     # Row 1 had one entry: widened with its id and zero mass.
     assert got.topk_ids[1].tolist() == [3, 3] and got.topk_logprobs[1, 1] == -math.inf
+
+
+def test_core_sparse_targets_default_width_and_empty_rows():
+    # The core helper topk_targets (and the openai and tinker teachers) build on.
+    got = sparse_targets([[(4, -0.1), (5, -2.5)], []], [4, 9], weight=[1.0, 0.0])
+    assert got.topk_ids.tolist() == [[4, 5], [9, 9]]  # width = longest row; an empty row holds its sampled id
+    assert got.tail_logprob[1] == 0.0 and got.weight.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError):
+        sparse_targets([[(1, -0.1), (2, -0.2)]], [1], width=1)
 
 
 def test_server_minus_9999_means_zero_probability():

@@ -1,0 +1,105 @@
+"""Training checkpoints without pickle: tensors in safetensors, the rest in JSON.
+
+A checkpoint folder holds the student's trainable weights, its optimizer and
+scheduler state and the RNG state (written by the student, see
+:func:`save_torch_state`), plus ``state.json`` (the step reached and the data it
+was trained on) and a manifest. The Baker writes it to a temporary folder and
+swaps it in whole, so the latest complete checkpoint always survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .rundir import replace_dir, verified_dir, write_json, write_manifest
+
+if TYPE_CHECKING:
+    import torch
+
+    from .interfaces import Student
+
+STATE_FILE = "state.json"
+TENSORS_FILE = "training_state.safetensors"
+META_FILE = "training_state.json"
+
+
+def save(folder: str | Path, student: Student, state: dict[str, Any]) -> None:
+    """Write the student's training state and ``state`` as ``folder``, replacing any older one."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    student.save_state(str(tmp))
+    write_json(tmp / STATE_FILE, state)
+    write_manifest(tmp)
+    replace_dir(tmp, folder)
+
+
+def load(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest whole checkpoint (its folder and ``state.json``), or None."""
+    found = verified_dir(folder)
+    if found is None:
+        return None
+    return found, json.loads((found / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def save_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any = None) -> None:
+    """Trainable parameters, optimizer and scheduler state and torch's RNG state, pickle-free."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors: dict[str, torch.Tensor] = {
+        f"param.{name}": p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in opt["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    save_file(tensors, str(folder / TENSORS_FILE))
+    meta = {"param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    write_json(folder / META_FILE, meta)
+
+
+def load_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any = None) -> None:
+    """Restore what :func:`save_torch_state` wrote into a model and optimizer built the same way."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    tensors = load_file(str(folder / TENSORS_FILE))
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("param."):
+                params[key[len("param."):]].copy_(value)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, entries in meta["optimizer_scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if scheduler is not None and meta["scheduler"] is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+                                       key=lambda k: int(k.rsplit(".", 1)[1]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import save_tiny_model
+from safetensors import safe_open
 from safetensors.torch import load_file
+from test_no_pickle import is_pickle
 
 HARNESS = Path(__file__).with_name("crashing_bake.py")
 PROMPT = "Answer like a pirate."
@@ -97,8 +99,17 @@ def test_resume_after_kill(model, reference, tmp_path, case):
 
 
 def test_reference_run_did_each_piece_of_work_once(reference):
-    _, work = reference
+    run, work = reference
     assert work == {"generate": 6 + 2, "score": 6 + EVAL}
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"training_state.safetensors", "manifest.json", "adapter_model.safetensors"}
+    # Checkpoints included: tensors are safetensors (which open as such), the rest is not pickled.
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(path, framework="pt") as f:
+                assert f.keys()
+        else:
+            assert not is_pickle(path.read_bytes()), path
 
 
 def test_resuming_a_finished_bake_does_nothing(model, reference, tmp_path):

@@ -2,20 +2,13 @@
 
 The server runs the same SmolLM2-135M-Instruct weights (Q4_1) that transformers
 dequantises for the hf teacher, so the top-K log-probs it returns with its samples
-must agree with the hf teacher's own scoring of the same tokens. The fixture
-starts the server on 127.0.0.1 in its own process group and stops it after.
+must agree with the hf teacher's own scoring of the same tokens. The server
+fixture is in conftest.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -33,48 +26,6 @@ from promptbake.types import Prefix  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPT = "Always respond in French."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    """Base URL of a llama-cpp-python server on the embedded GGUF; stopped after the module."""
-    gguf = os.path.join(*models.embedded_gguf("smollm2-135m"))
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("llama") / "server.log", "w+")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--logits_all", "true", "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}: {log.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/models", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("llama.cpp server did not answer within 120 s")
-                time.sleep(0.5)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_topk_logprobs_agree_with_the_hf_teacher(llama_server, tmp_path):

@@ -7,6 +7,9 @@ httpx.MockTransport; the live llama.cpp server tests are in test_openai_llamacpp
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import promptbake_openai
 import pytest
@@ -253,10 +256,6 @@ def test_sample_targets_are_cut_with_their_trajectory():
 ])
 def test_cli_refusals_are_one_sentence(tmp_path, args, fragment):
     """From the installed entry point, as a user runs it."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PROMPTBAKE_LOAD_PLUGINS"] = "openai"
     result = subprocess.run([sys.executable, "-m", "promptbake", "bake", "--prompt", "x", *args,

@@ -72,6 +72,32 @@ def test_damaged_shards_are_not_trusted(tmp_path, damage):
     else:
         shard.write_bytes(b"\0" * len(data))
     assert store.read("k") is None
+    # Without an index (a bake stopped before writing it), each shard is checked on its own.
+    (tmp_path / "index.json").unlink()
+    assert store.read_shard(1, "k", 2) is None
+    assert store.read_shard(0, "k", 2) is not None
+    assert store.read_shard(0, "other", 2) is None and store.read_shard(0, "k", 1) is None
+
+
+def test_generation_chunks_round_trip_and_are_checked(tmp_path):
+    from promptbake.generation import ChunkStore
+    from promptbake.types import Trajectory
+
+    trajs = [Trajectory("q", i, [1, 2, 3], [2, 3], response_len=1, text="x") for i in range(5)]
+    store = ChunkStore(tmp_path, "train")
+    store.write(0, "k", trajs, _targets())
+    got = store.read(0, "k")
+    assert got is not None and got[0] == trajs and len(got[1]) == 5
+    torch.testing.assert_close(got[1][3].topk_logprobs, _targets()[3].topk_logprobs)
+    assert store.read(0, "other") is None and store.read(1, "k") is None
+    lines = tmp_path / "train-00000.jsonl"
+    lines.write_text("\n".join(lines.read_text().splitlines()[:-1]) + "\n")  # a trajectory lost
+    assert store.read(0, "k") is None
+    store.write(0, "k", trajs, _targets())
+    next((tmp_path / "train-00000.targets").glob("shard-*")).write_bytes(b"\0" * 16)  # targets garbled
+    assert store.read(0, "k") is None
+    store.write(1, "k", trajs[:2], None)  # samples without targets (a teacher that scores later)
+    assert store.read(1, "k") == (trajs[:2], None)
 
 
 def test_top_k_storage_is_within_the_bound(tmp_path):

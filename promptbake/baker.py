@@ -293,7 +293,7 @@ class Baker:
         _seed_torch(cfg.seed)  # training's randomness (dropout) must not depend on what ran before it
         start, first = self._restore(data_key)
         can_save = self.student.capabilities.checkpoints
-        bar = progress(range(total), "train", cfg.progress, unit="step", initial=start)
+        bar = progress(range(start, total), "train", cfg.progress, total=total, unit="step", initial=start)
         bar_iter = iter(bar)
         step = 0
         last = None

@@ -1,4 +1,4 @@
-"""The built-in plugin: registers the hf teacher, the peft student and the three losses.
+"""The built-in plugin: registers the hf teacher, the peft and prefix students and the three losses.
 
 Targets are "module:Class" strings, so importing this module imports no torch.
 """
@@ -16,6 +16,7 @@ def register_teachers(register):  # type: ignore[no-untyped-def]
 @hookimpl
 def register_students(register):  # type: ignore[no-untyped-def]
     register("peft", "promptbake.students.peft:PeftStudent", aliases=("lora",))
+    register("prefix", "promptbake.students.prefix:PrefixStudent", aliases=("prefix-tuning",))
 
 
 @hookimpl

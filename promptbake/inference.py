@@ -50,5 +50,5 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
         if prompt:
             answers["prompted"] = answer(baked, True)
     answers["baked"] = answer(baked, False)
-    handle.model = baked.unload()
+    handle.model = models.without_adapter(baked)
     return answers

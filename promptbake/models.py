@@ -111,6 +111,13 @@ class ModelHandle:
         return self.peft_model if self.peft_model is not None else self.model
 
 
+def without_adapter(peft_model: Any) -> Any:
+    """The base model back from a PEFT wrapper, with no adapter layers left in it."""
+    if peft_model.active_peft_config.is_prompt_learning:
+        return peft_model.get_base_model()  # a soft prefix never touched the base model's modules
+    return peft_model.unload()
+
+
 _cache: dict[tuple[str, str, str], ModelHandle] = {}
 
 

@@ -181,6 +181,8 @@ def split_head(model: Any) -> tuple[Any, Any] | None:
     tensor has to live at once. Models with logit soft-capping or scaling are
     left whole.
     """
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return None  # a soft prefix is added in the PEFT wrapper's forward, which the decoder alone skips
     base = _base(model)
     config = getattr(base, "config", None)
     if any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier")):

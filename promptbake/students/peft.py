@@ -42,8 +42,20 @@ class PeftStudent(Student):
         self.scheduler: Any = None
         self.config: BakeConfig | None = None
 
+    def adapter_config(self, config: BakeConfig) -> Any:
+        """The PEFT config of the adapter to train (LoRA here; the prefix student overrides it)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha if config.lora_alpha is not None else config.lora_rank,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        )
+
     def setup(self, config: BakeConfig, total_steps: int) -> None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
         from transformers import get_linear_schedule_with_warmup
 
         self.config = config
@@ -52,17 +64,9 @@ class PeftStudent(Student):
         if handle.peft_model is not None:
             raise ConfigError("This model already carries a promptbake adapter in this process; "
                               "close the previous Baker first.")
-        target = config.target_modules
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha if config.lora_alpha is not None else config.lora_rank,
-            lora_dropout=config.lora_dropout,
-            target_modules=target,
-            task_type="CAUSAL_LM",
-        )
-        with models.quiet_peft():
-            handle.peft_model = get_peft_model(handle.model, lora)
         self.handle = handle
+        with models.quiet_peft():
+            handle.peft_model = get_peft_model(handle.model, self.adapter_config(config))
         params = [p for p in handle.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         warmup = math.ceil(config.warmup_ratio * total_steps)
@@ -144,5 +148,5 @@ class PeftStudent(Student):
     def close(self) -> None:
         # Give the shared base model back without the adapter layers.
         if self.handle is not None and self.handle.peft_model is not None:
-            self.handle.model = self.handle.peft_model.unload()
+            self.handle.model = models.without_adapter(self.handle.peft_model)
             self.handle.peft_model = None

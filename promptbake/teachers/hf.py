@@ -67,7 +67,7 @@ class HFTeacher(Teacher):
         chunk = max(1, (self.generate_batch_size or 16) // sampling.n)
         prefix = self.prefixes["prompted"] if self.prefixes else None
         with h.adapter_disabled(), models.eval_mode(h.trainable):
-            for i, part in enumerate(progress(batches(prefixes, chunk), "generate", self.show_progress)):
+            for i, part in enumerate(progress(batches(prefixes, chunk), "generate", self.show_progress, leave=False)):
                 rows = [list(p.ids) for p in part for _ in range(sampling.n)]
                 # The system prompt's KV comes from the cache shared with scoring; the
                 # row-specific rest is left-padded after it so all rows end together.

@@ -224,7 +224,7 @@ class OpenAITeacher(Teacher):
         try:
             futures = {pool.submit(self._request, body, want_logprobs): key for key, body in todo.items()}
             for future in progress(as_completed(futures), f"generate ({self.name})", self.show_progress,
-                                   total=len(futures), unit="request"):
+                                   total=len(futures), unit="request", leave=False):
                 key = futures[future]
                 out[key] = future.result()
                 self.cache.put(key, out[key])

@@ -20,6 +20,7 @@ from . import __version__, capabilities, checkpoint, generation, registry
 from .batching import batches, bucketed
 from .cache import TargetStore, targets_key
 from .config import BakeConfig
+from .distributed import Ranks
 from .errors import ConfigError
 from .evaluate import Evaluation
 from .interfaces import Loss, SamplingConfig, Student, Teacher
@@ -45,6 +46,7 @@ class BakeResult:
     adapter_path: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] | None = None
+    main: bool = True  # False in the other processes of a distributed launch: rank 0 has the results
 
 
 def prompt_sha256(prompt: str) -> str:
@@ -127,11 +129,14 @@ class Baker:
         queries = load_queries(cfg.queries, "train", cfg.max_queries)
         heldout = load_queries(cfg.heldout, "heldout", cfg.max_heldout) if cfg.evaluate else []
         out = cfg.out or _default_out()
+        ranks = Ranks.from_env()
+        if ranks.world > 1:
+            self._check_distributed()
         if cfg.resume:
             done = self._finished(RunDir(out))
             if done is not None:
                 return done
-        else:
+        elif ranks.main:  # the other ranks find rank 0's directory: it is theirs too
             RunDir.check_free(out, cfg.overwrite)
         started = time.perf_counter()
         if not cfg.progress:
@@ -144,6 +149,11 @@ class Baker:
             n_traj = len(queries) * cfg.samples_per_query
             total_steps = cfg.epochs * math.ceil(math.ceil(n_traj / cfg.batch_size) / cfg.grad_accum)
             self.student.setup(cfg, total_steps)
+            if not ranks.main:  # the teacher's work is rank 0's; train on what it wrote
+                run = self.run_dir = RunDir(out)
+                trajectories, targets = self._handed_over(ranks)
+                self.train(trajectories, targets)
+                return BakeResult(run_dir=run.path, adapter_path=run.file("adapter"), main=False)
             self.teacher.setup(cfg)
             self.teacher.use_student_tokenizer(self.student.tokenizer)
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
@@ -167,6 +177,7 @@ class Baker:
             t0 = time.perf_counter()
             targets = self.cached_score(trajectories, sample_targets)
             timings["score_s"] = time.perf_counter() - t0
+            ranks.hand_over(run.path, {"targets": str(self._target_store(trajectories)[0].folder)})
 
             evaluation = Evaluation(self.teacher, self.student, held, held_targets, cfg, run.path)
             evaluation.before_training()
@@ -189,6 +200,38 @@ class Baker:
             return result
         finally:
             self.close()
+
+    def _check_distributed(self) -> None:
+        """Refuse launches that would train several unsynchronised copies or race on the run directory."""
+        if not self.student.capabilities.owns_loop:
+            raise ConfigError(f"Student '{self.student.name}' trains in one process; under accelerate launch or "
+                              f"torchrun use a distributed student such as trl.")
+        if not self.config.out:
+            raise ConfigError("Under accelerate launch or torchrun every process must name the same run "
+                              "directory; pass --out.")
+
+    def _handed_over(self, ranks: Ranks) -> tuple[list[Trajectory], list[Targets]]:
+        """What rank 0 sampled and scored, read back once it says they are whole."""
+        assert self.run_dir is not None
+        ranks.wait(self.run_dir.path)
+        trajectories = self.run_dir.read_trajectories()
+        store, key = self._target_store(trajectories)
+        targets = store.read(key)
+        if targets is None:
+            raise ConfigError(f"Rank {ranks.rank} found no whole targets in {store.folder} after rank 0 handed "
+                              f"over; is --out on a file system every process shares?")
+        return trajectories, targets
+
+    def _target_store(self, trajectories: list[Trajectory]) -> tuple[TargetStore, str]:
+        """Where the targets of ``trajectories`` are kept, and their key."""
+        cfg = self.config
+        assert self.run_dir is not None
+        need = self.loss.needs
+        key = targets_key(model=cfg.teacher_model or cfg.model, teacher=self.teacher.name,
+                          prompt_sha256=prompt_sha256(cfg.prompt), kind=need,
+                          top_k=cfg.top_k if need == "topk" else None, trajectories=trajectories)
+        folder = Path(cfg.target_cache) / key[:16] if cfg.target_cache else self.run_dir.file("targets")
+        return TargetStore(folder), key
 
     def generate(self, renderer: Renderer, queries: list[Query], n: int, split: str = "train") -> list[Trajectory]:
         """Sample n responses per query from the prompted teacher and render both sides."""
@@ -220,10 +263,7 @@ class Baker:
         cfg = self.config
         assert self.run_dir is not None
         need = self.loss.needs
-        key = targets_key(model=cfg.teacher_model or cfg.model, teacher=self.teacher.name,
-                          prompt_sha256=prompt_sha256(cfg.prompt), kind=need,
-                          top_k=cfg.top_k if need == "topk" else None, trajectories=trajectories)
-        store = TargetStore(Path(cfg.target_cache) / key[:16] if cfg.target_cache else self.run_dir.file("targets"))
+        store, key = self._target_store(trajectories)
         cached = store.read(key)
         if cached is not None:
             self.run_dir.log({"stage": "score", "cache": "hit", "folder": str(store.folder)})
@@ -291,6 +331,11 @@ class Baker:
         data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
                                kind=self.loss.needs, top_k=cfg.top_k, trajectories=trajectories)
         _seed_torch(cfg.seed)  # training's randomness (dropout) must not depend on what ran before it
+        if self.student.capabilities.owns_loop:  # a distributed trainer runs the same plan itself
+            plan = [group for _ in range(cfg.epochs)
+                    for group in batches(bucketed(lengths, cfg.batch_size, rng), cfg.grad_accum)]
+            return self.student.fit(trajectories, targets, plan, self.loss,
+                                    lambda record: run.log({"stage": "train", **record}))
         start, first = self._restore(data_key)
         can_save = self.student.capabilities.checkpoints
         bar = progress(range(start, total), "train", cfg.progress, total=total, unit="step", initial=start)

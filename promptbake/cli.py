@@ -112,6 +112,8 @@ def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_
         config = BakeConfig.from_toml(config_file, **settings) if config_file else BakeConfig.from_dict(settings)
         baker = Baker(config=config)
     result = baker.run()
+    if not result.main:
+        return  # another process of a distributed launch; rank 0 reports
     click.echo(f"Adapter: {result.adapter_path}")
     if result.eval:
         e = result.eval

@@ -40,6 +40,7 @@ class StudentCapabilities:
     losses: frozenset[str] | None = None  # None: any Loss object (it runs torch losses itself)
     can_score: bool = True  # can report its own distribution, for evaluation
     checkpoints: bool = False  # implements save_state/load_state, so a resumed bake continues training
+    owns_loop: bool = False  # trains in fit() with its own loop (a distributed trainer), not step by step
 
 
 @dataclass
@@ -142,6 +143,15 @@ class Student(ABC):
     def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
         """The student's own distribution at response positions of the unprompted side."""
         raise NotImplementedError(f"student '{self.name}' cannot score")
+
+    def fit(self, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
+            steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Any) -> dict[str, Any]:
+        """Train over ``steps`` (each a list of micro-batches of indices into ``trajectories``),
+        calling ``log(record)`` once per optimizer step; for students with ``capabilities.owns_loop``.
+
+        Returns ``{"steps", "first_loss", "last_loss"}``.
+        """
+        raise NotImplementedError(f"student '{self.name}' trains step by step")
 
     def save_state(self, path: str) -> None:
         """Write everything needed to continue training (weights, optimizer, schedule, RNG) into

@@ -1,0 +1,217 @@
+"""The ``trl`` student: LoRA trained by the transformers Trainer (which TRL's trainers extend), on accelerate.
+
+The Trainer owns the loop, so DDP, FSDP, DeepSpeed, gradient checkpointing,
+mixed precision and ``report_to`` logging come from its TrainingArguments (TRL's
+``SFTConfig``), set through ``student_options``. What it trains on is the
+Baker's: the cached teacher targets (never recomputed), in the Baker's order of
+micro-batches, with the promptbake Loss.
+
+Normalisation: the loss of an optimizer step is a mean over every response
+token of that step, across gradient-accumulation micro-batches and processes.
+The token count of the step's micro-batches is gathered from all processes in
+``get_batch_samples``; each process divides its token sum by that count and
+multiplies by the number of processes, which DDP's gradient averaging undoes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from promptbake.config import BakeConfig
+from promptbake.errors import ConfigError
+from promptbake.interfaces import BatchTargets, Loss, StudentCapabilities
+from promptbake.scoring import response_logits
+from promptbake.students.peft import PeftStudent
+from promptbake.types import Targets, Trajectory
+
+# Settings the Baker's own config decides; giving them as student options would split the truth.
+OWNED = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
+         "max_grad_norm", "num_train_epochs", "max_steps", "seed", "warmup_steps", "warmup_ratio",
+         "remove_unused_columns", "output_dir")
+
+
+class TRLStudent(PeftStudent):
+    """LoRA via ``transformers.Trainer`` with ``trl.SFTConfig`` arguments.
+
+    ``student_options`` are TrainingArguments fields, e.g. ``{"report_to": "wandb",
+    "gradient_checkpointing": true, "bf16": true, "fsdp": "full_shard", "deepspeed": "ds.json"}``.
+    """
+
+    name = "trl"
+    capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=False, owns_loop=True)
+
+    def __init__(self, model: str | None = None, **training_args: Any):
+        super().__init__(model, head_chunk=None)
+        self.training_args = training_args
+        self.trainer: Any = None
+
+    def check(self, config: BakeConfig) -> None:
+        from trl import SFTConfig
+
+        valid = {f.name for f in dataclasses.fields(SFTConfig)}
+        for key in self.training_args:
+            if key in OWNED:
+                raise ConfigError(f"student option {key} is set by promptbake's own settings (batch_size, "
+                                  f"grad_accum, lr, ...); set those instead.")
+            if key not in valid:
+                raise ConfigError(f"student option {key} is not a TrainingArguments/SFTConfig field.")
+
+    def arguments(self, steps: int, output_dir: str) -> Any:
+        """The SFTConfig for ``steps`` optimizer steps."""
+        from trl import SFTConfig
+
+        cfg = self.config
+        assert cfg is not None
+        options: dict[str, Any] = {
+            "bf16": False, "fp16": False,  # mixed precision only when asked (SFTConfig may default to bf16)
+            "report_to": "none", "logging_steps": 1, "save_strategy": "no", "disable_tqdm": not cfg.progress,
+            "lr_scheduler_type": "linear", "dataloader_num_workers": 0,
+            "optim": "adamw_torch",  # the peft student's optimizer, so the two give the same curve
+            **self.training_args,
+        }
+        return SFTConfig(
+            output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm, num_train_epochs=1, max_steps=steps, seed=cfg.seed,
+            warmup_steps=math.ceil(cfg.warmup_ratio * steps), remove_unused_columns=False,
+            use_cpu=self._handle.device == "cpu",
+            # The Baker's micro-batch is the global batch: accelerate splits it across processes.
+            accelerator_config={"split_batches": True}, **options,
+        )
+
+    def fit(self, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
+            steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        cfg = self.config
+        assert cfg is not None
+        if any(len(step) != cfg.grad_accum for step in steps[:-1]):
+            raise ConfigError(f"With the trl student every optimizer step takes grad_accum={cfg.grad_accum} "
+                              f"micro-batches; choose batch_size and grad_accum so that an epoch's micro-batches "
+                              f"divide evenly.")
+        micro = [list(mb) for step in steps for mb in step]
+        with tempfile.TemporaryDirectory(prefix="promptbake-trl-") as out:
+            self.trainer = _BakeTrainer(
+                model=self._handle.peft_model, args=self.arguments(len(steps), out),
+                bake=_Bake(list(trajectories), list(targets), micro, loss, self._handle.tokenizer.pad_token_id),
+            )
+            curve = _Curve(self.trainer, log)
+            self.trainer.add_callback(curve.callback)
+            self.trainer.train()
+        return {"steps": len(curve.losses), "first_loss": curve.losses[0] if curve.losses else None,
+                "last_loss": curve.losses[-1] if curve.losses else None}
+
+    def save(self, path: str, metadata: dict[str, Any]) -> None:
+        if self.trainer is None or self.trainer.accelerator.is_main_process:
+            super().save(path, metadata)
+
+
+@dataclasses.dataclass
+class _Bake:
+    trajectories: list[Trajectory]
+    targets: list[Targets]
+    micro_batches: list[list[int]]
+    loss: Loss
+    pad_id: int
+
+
+class _MicroBatches:
+    """The Baker's micro-batches, in its order, as a batch sampler (accelerate reads ``batch_size``)."""
+
+    def __init__(self, micro_batches: list[list[int]], batch_size: int):
+        self.micro_batches, self.batch_size = micro_batches, batch_size
+
+    def __iter__(self) -> Any:
+        return iter(self.micro_batches)
+
+    def __len__(self) -> int:
+        return len(self.micro_batches)
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class BakeTrainer(Trainer):
+        # compute_loss already divides by the tokens of the whole step: no further 1/GA.
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args: Any, bake: _Bake, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.bake = bake
+            self.step_loss = 0.0
+
+        def get_train_dataloader(self) -> Any:
+            from torch.utils.data import DataLoader
+
+            bake = self.bake
+
+            def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+                return {"index": torch.tensor(indices),
+                        "num_tokens": torch.tensor([bake.targets[i].num_tokens for i in indices])}
+
+            sampler = _MicroBatches(bake.micro_batches, self.args.per_device_train_batch_size)
+            loader = DataLoader(range(len(bake.trajectories)), batch_sampler=sampler, collate_fn=collate)
+            return self.accelerator.prepare(loader)
+
+        def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+            batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+            count = torch.tensor([sum(int(b["num_tokens"].sum()) for b in batch_samples)], device=device)
+            if self.accelerator.num_processes > 1:
+                count = self.accelerator.gather(count).sum()
+            return batch_samples, count.sum()
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            bake = self.bake
+            index = inputs["index"].tolist()
+            device = inputs["index"].device
+            trajectories = [bake.trajectories[i] for i in index]
+            targets = BatchTargets.concat([bake.targets[i] for i in index], device=device)
+            logits, _ = response_logits(model, trajectories, "unprompted", bake.pad_id, device)
+            value = bake.loss(logits, targets, int(num_items_in_batch))
+            self.step_loss += float(value.detach())
+            # DDP averages gradients over processes; the token mean over all of them needs the sum.
+            value = value * self.accelerator.num_processes
+            return (value, {"logits": logits}) if return_outputs else value
+
+    return BakeTrainer
+
+
+def _BakeTrainer(**kwargs: Any) -> Any:  # noqa: N802 - a factory that reads as the class it builds
+    return _trainer_class()(**kwargs)
+
+
+class _Curve:
+    """Logs one record per optimizer step: the step's loss summed over processes, and the LR used."""
+
+    def __init__(self, trainer: Any, log: Callable[[dict[str, Any]], None]):
+        from transformers import TrainerCallback
+
+        self.trainer, self.log_fn, self.losses = trainer, log, []
+        self.lr = 0.0
+        curve = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                scheduler = kwargs.get("lr_scheduler")
+                curve.lr = scheduler.get_last_lr()[0] if scheduler is not None else 0.0
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                curve.step_end(state.global_step)
+
+        self.callback = Callback()
+
+    def step_end(self, step: int) -> None:
+        trainer = self.trainer
+        total = torch.tensor([trainer.step_loss], device=trainer.accelerator.device)
+        if trainer.accelerator.num_processes > 1:
+            total = trainer.accelerator.reduce(total, reduction="sum")
+        trainer.step_loss = 0.0
+        loss = float(total[0])
+        self.losses.append(loss)
+        if trainer.accelerator.is_main_process:
+            self.log_fn({"step": step, "loss": loss, "lr": self.lr})

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from transformers import Trainer, TrainerCallback
 
 from promptbake.config import BakeConfig
 from promptbake.errors import ConfigError
@@ -100,7 +101,7 @@ class TRLStudent(PeftStudent):
                 bake=_Bake(list(trajectories), list(targets), micro, loss, self._handle.tokenizer.pad_token_id),
             )
             curve = _Curve(self.trainer, log)
-            self.trainer.add_callback(curve.callback)
+            self.trainer.add_callback(curve)
             self.trainer.train()
         return {"steps": len(curve.losses), "first_loss": curve.losses[0] if curve.losses else None,
                 "last_loss": curve.losses[-1] if curve.losses else None}
@@ -132,81 +133,66 @@ class _MicroBatches:
         return len(self.micro_batches)
 
 
-def _trainer_class() -> type:
-    from transformers import Trainer
+class _BakeTrainer(Trainer):
+    """The Trainer on the Baker's micro-batches, with the promptbake Loss normalised per step."""
 
-    class BakeTrainer(Trainer):
-        # compute_loss already divides by the tokens of the whole step: no further 1/GA.
-        loss_is_scaled_for_ga = True
+    # compute_loss already divides by the tokens of the whole step: no further 1/GA.
+    loss_is_scaled_for_ga = True
 
-        def __init__(self, *args: Any, bake: _Bake, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.bake = bake
-            self.step_loss = 0.0
+    def __init__(self, *args: Any, bake: _Bake, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.bake = bake
+        self.step_loss = 0.0
 
-        def get_train_dataloader(self) -> Any:
-            from torch.utils.data import DataLoader
+    def get_train_dataloader(self) -> Any:
+        from torch.utils.data import DataLoader
 
-            bake = self.bake
+        bake = self.bake
 
-            def collate(indices: list[int]) -> dict[str, torch.Tensor]:
-                return {"index": torch.tensor(indices),
-                        "num_tokens": torch.tensor([bake.targets[i].num_tokens for i in indices])}
+        def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+            return {"index": torch.tensor(indices),
+                    "num_tokens": torch.tensor([bake.targets[i].num_tokens for i in indices])}
 
-            sampler = _MicroBatches(bake.micro_batches, self.args.per_device_train_batch_size)
-            loader = DataLoader(range(len(bake.trajectories)), batch_sampler=sampler, collate_fn=collate)
-            return self.accelerator.prepare(loader)
+        sampler = _MicroBatches(bake.micro_batches, self.args.per_device_train_batch_size)
+        loader = DataLoader(range(len(bake.trajectories)), batch_sampler=sampler, collate_fn=collate)
+        return self.accelerator.prepare(loader)
 
-        def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
-            batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-            count = torch.tensor([sum(int(b["num_tokens"].sum()) for b in batch_samples)], device=device)
-            if self.accelerator.num_processes > 1:
-                count = self.accelerator.gather(count).sum()
-            return batch_samples, count.sum()
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        count = torch.tensor([sum(int(b["num_tokens"].sum()) for b in batch_samples)], device=device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.gather(count)
+        return batch_samples, count.sum()
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            bake = self.bake
-            index = inputs["index"].tolist()
-            device = inputs["index"].device
-            trajectories = [bake.trajectories[i] for i in index]
-            targets = BatchTargets.concat([bake.targets[i] for i in index], device=device)
-            logits, _ = response_logits(model, trajectories, "unprompted", bake.pad_id, device)
-            value = bake.loss(logits, targets, int(num_items_in_batch))
-            self.step_loss += float(value.detach())
-            # DDP averages gradients over processes; the token mean over all of them needs the sum.
-            value = value * self.accelerator.num_processes
-            return (value, {"logits": logits}) if return_outputs else value
-
-    return BakeTrainer
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        bake = self.bake
+        index = inputs["index"].tolist()
+        device = inputs["index"].device
+        trajectories = [bake.trajectories[i] for i in index]
+        targets = BatchTargets.concat([bake.targets[i] for i in index], device=device)
+        logits, _ = response_logits(model, trajectories, "unprompted", bake.pad_id, device)
+        value = bake.loss(logits, targets, int(num_items_in_batch))
+        self.step_loss += float(value.detach())
+        # DDP averages gradients over processes; the token mean over all of them needs the sum.
+        value = value * self.accelerator.num_processes
+        return (value, {"logits": logits}) if return_outputs else value
 
 
-def _BakeTrainer(**kwargs: Any) -> Any:  # noqa: N802 - a factory that reads as the class it builds
-    return _trainer_class()(**kwargs)
-
-
-class _Curve:
+class _Curve(TrainerCallback):
     """Logs one record per optimizer step: the step's loss summed over processes, and the LR used."""
 
-    def __init__(self, trainer: Any, log: Callable[[dict[str, Any]], None]):
-        from transformers import TrainerCallback
-
+    def __init__(self, trainer: _BakeTrainer, log: Callable[[dict[str, Any]], None]):
         self.trainer, self.log_fn, self.losses = trainer, log, []
         self.lr = 0.0
-        curve = self
 
-        class Callback(TrainerCallback):
-            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                scheduler = kwargs.get("lr_scheduler")
-                curve.lr = scheduler.get_last_lr()[0] if scheduler is not None else 0.0
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        scheduler = kwargs.get("lr_scheduler")
+        self.lr = scheduler.get_last_lr()[0] if scheduler is not None else 0.0
 
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                curve.step_end(state.global_step)
-
-        self.callback = Callback()
-
-    def step_end(self, step: int) -> None:
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         trainer = self.trainer
+        step = state.global_step
         total = torch.tensor([trainer.step_loss], device=trainer.accelerator.device)
         if trainer.accelerator.num_processes > 1:
             total = trainer.accelerator.reduce(total, reduction="sum")

@@ -62,7 +62,7 @@ def test_plugins_prints_json():
     result = run_cli("plugins")
     assert result.returncode == 0
     builtin = next(p for p in json.loads(result.stdout) if p["name"] == "builtin")
-    assert builtin["students"] == ["peft"]
+    assert builtin["students"] == ["peft", "prefix"]
 
 
 def test_bake_and_generate_from_the_command_line(tmp_path):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from promptbake.config import BakeConfig
 from promptbake.errors import ConfigError
@@ -102,6 +102,8 @@ class TRLStudent(PeftStudent):
             )
             curve = _Curve(self.trainer, log)
             self.trainer.add_callback(curve)
+            if not cfg.progress:  # with tqdm off the Trainer prints every log dict instead
+                self.trainer.remove_callback(PrinterCallback)
             self.trainer.train()
         return {"steps": len(curve.losses), "first_loss": curve.losses[0] if curve.losses else None,
                 "last_loss": curve.losses[-1] if curve.losses else None}

@@ -121,19 +121,27 @@ def test_two_processes_take_the_same_step_as_one_and_as_the_peft_student(data, t
                                        msg=f"{processes} process(es), grad_accum {grad_accum}: {name}")
 
 
-def test_a_bake_under_torchrun_trains_on_two_processes(tmp_path):
-    """`torchrun --nproc_per_node 2 -m promptbake bake --student trl`: rank 0 samples and scores, both train."""
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_a_bake_on_two_processes(tmp_path, launcher):
+    """`torchrun` or `accelerate launch` of `-m promptbake bake --student trl`: rank 0 samples and scores,
+    both processes train, rank 0 saves and reports."""
     model = save_tiny_model(tmp_path)
     run = tmp_path / "run"
     env = {**os.environ, "PROMPTBAKE_LOAD_PLUGINS": "trl", "OMP_NUM_THREADS": "1"}
     args = ["bake", "-p", PROMPT, "-m", str(model), "--student", "trl", "-o", str(run), "--max-queries", "4",
             "-s", "max_heldout=2", "-s", "samples_per_query=2", "-s", "max_new_tokens=6", "--epochs", "1",
             "-s", "batch_size=4", "--quiet"]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "promptbake", *args], capture_output=True, text=True, env=env, timeout=300,
-                            check=False)
+    result = subprocess.run([*LAUNCHERS[launcher], "-m", "promptbake", *args], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Adapter:") == 1  # rank 0 reports; the other rank trained silently
+    assert "train_loss" not in result.stdout  # --quiet: no Trainer log dicts either
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("stage") == "train"] == [1, 2]
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "eval.json").is_file()

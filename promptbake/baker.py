@@ -252,7 +252,7 @@ class Baker:
         run = self.run_dir
         store = generation.ChunkStore(run.file("generate"), split) if run is not None else None
         return generation.generate(self.teacher, renderer, queries, sampling, split, store, cfg.progress,
-                                   run.log if run is not None else None)
+                                   run.log if run is not None else None, model=cfg.teacher_model or cfg.model)
 
     def cached_score(self, trajectories: list[Trajectory],
                      sample_targets: list[Targets] | None = None) -> list[Targets]:

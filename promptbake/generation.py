@@ -74,10 +74,11 @@ class ChunkStore:
         write_text(lines_path, "".join(json.dumps(r) + "\n" for r in [header, *(t.to_json() for t in trajectories)]))
 
 
-def chunk_key(teacher: Teacher, sampling: SamplingConfig, prefixes: Sequence[Prefix], n_queries: int) -> str:
+def chunk_key(teacher: Teacher, model: str, sampling: SamplingConfig, prefixes: Sequence[Prefix],
+              n_queries: int) -> str:
     """A sha256 over what determines a chunk's samples."""
     h = hashlib.sha256()
-    h.update(json.dumps([str(teacher), sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens,
+    h.update(json.dumps([str(teacher), model, sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens,
                          sampling.min_new_tokens, sampling.seed, list(sampling.stop_ids), sampling.logprobs,
                          n_queries]).encode())
     for p in prefixes:
@@ -87,11 +88,12 @@ def chunk_key(teacher: Teacher, sampling: SamplingConfig, prefixes: Sequence[Pre
 
 def generate(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], sampling: SamplingConfig,
              split: str, store: ChunkStore | None = None, show_progress: bool = True,
-             log: Any = None) -> tuple[list[Trajectory], list[Targets] | None]:
+             log: Any = None, model: str = "") -> tuple[list[Trajectory], list[Targets] | None]:
     """Trajectories (``sampling.n`` per query) and, when every sample carried them, their targets.
 
     ``sampling.seed`` is the bake's seed; each chunk samples with :func:`chunk_seed`.
-    Chunks found whole in ``store`` are read instead of sampled.
+    Chunks found whole in ``store`` under the same key (teacher, ``model``, sampling and
+    prompts) are read instead of sampled.
     """
     trajectories: list[Trajectory] = []
     targets: list[Targets] = []
@@ -102,7 +104,7 @@ def generate(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], sam
             rendered = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in part]
             prefixes = [Prefix(ids=p, messages=tuple(renderer.messages(q, True))) for q, (p, _) in zip(part, rendered)]
             chunk_sampling = replace(sampling, seed=chunk_seed(base_seed, split, c))
-            key = chunk_key(teacher, chunk_sampling, prefixes, len(part))
+            key = chunk_key(teacher, model, chunk_sampling, prefixes, len(part))
             got = store.read(c, key) if store is not None else None
             if got is not None:
                 reused += 1

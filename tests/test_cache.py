@@ -108,3 +108,20 @@ def test_top_k_storage_is_within_the_bound(tmp_path):
     store.write(targets, "k")
     per_token = store.bytes() / (n * r)
     assert per_token <= 8 * (k + 1) + 8, per_token
+
+
+def test_chunk_keys_change_with_anything_that_changes_the_samples():
+    from promptbake.generation import chunk_key, chunk_seed
+    from promptbake.interfaces import SamplingConfig
+    from promptbake.teachers.hf import HFTeacher
+    from promptbake.types import Prefix
+
+    prefixes = [Prefix(ids=[1, 2, 3], messages=({"role": "user", "content": "hi"},))]
+    base = chunk_key(HFTeacher(), "m", SamplingConfig(seed=1), prefixes, 1)
+    assert base == chunk_key(HFTeacher(), "m", SamplingConfig(seed=1), prefixes, 1)
+    assert base != chunk_key(HFTeacher(), "other-model", SamplingConfig(seed=1), prefixes, 1)
+    assert base != chunk_key(HFTeacher(), "m", SamplingConfig(seed=2), prefixes, 1)
+    assert base != chunk_key(HFTeacher(), "m", SamplingConfig(seed=1, temperature=0.5), prefixes, 1)
+    assert base != chunk_key(HFTeacher(), "m", SamplingConfig(seed=1), [Prefix(ids=[1, 2, 4], messages=())], 1)
+    seeds = {chunk_seed(s, split, c) for s in (0, 1) for split in ("train", "heldout") for c in range(50)}
+    assert len(seeds) == 200 and all(0 <= s < 2**31 for s in seeds)

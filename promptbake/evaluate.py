@@ -39,9 +39,13 @@ class Tally:
         self.kl = 0.0
         self.agree = 0
         self.tokens = 0
+        # Per response position (0 = the first response token): KL sum and token count.
+        self.position_kl: list[float] = []
+        self.position_tokens: list[int] = []
 
-    def add(self, prompted: BatchTargets, other_logprobs: Any) -> None:
-        """Add positions: ``other_logprobs`` [N, V] full log-probs of the model compared."""
+    def add(self, prompted: BatchTargets, other_logprobs: Any, positions: Sequence[int] | None = None) -> None:
+        """Add positions: ``other_logprobs`` [N, V] full log-probs of the model compared;
+        ``positions`` [N], each row's index within its response, for the per-position curve."""
         if self.full:
             best = prompted.full_logprobs.argmax(-1)  # type: ignore[union-attr]
         else:
@@ -55,14 +59,29 @@ class Tally:
         self.kl += float(per_token.sum())
         self.agree += int(hits.sum())
         self.tokens += int(keep.sum()) if keep is not None else int(prompted.sampled_ids.shape[0])
+        if positions is not None:
+            counted = keep.tolist() if keep is not None else [True] * len(positions)
+            for pos, value, count in zip(positions, per_token.tolist(), counted):
+                while len(self.position_kl) <= pos:
+                    self.position_kl.append(0.0)
+                    self.position_tokens.append(0)
+                self.position_kl[pos] += value
+                self.position_tokens[pos] += int(count)
+
+    def curve(self) -> list[float | None]:
+        """Mean KL at each response position (None where no token counted)."""
+        return [k / n if n else None for k, n in zip(self.position_kl, self.position_tokens)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"full": self.full, "kl": self.kl, "agree": self.agree, "tokens": self.tokens}
+        return {"full": self.full, "kl": self.kl, "agree": self.agree, "tokens": self.tokens,
+                "position_kl": self.position_kl, "position_tokens": self.position_tokens}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
         tally = cls(bool(data["full"]))
         tally.kl, tally.agree, tally.tokens = float(data["kl"]), int(data["agree"]), int(data["tokens"])
+        tally.position_kl = [float(v) for v in data.get("position_kl", [])]
+        tally.position_tokens = [int(v) for v in data.get("position_tokens", [])]
         return tally
 
     @property
@@ -86,6 +105,8 @@ def summary(base: Tally, baked: Tally, kind: str, trajectories: int) -> dict[str
         "kl": kind,
         "tokens": baked.tokens,
         "trajectories": trajectories,
+        # Mean KL at each response position: where along a response the baked model departs.
+        "kl_by_position": {"base": base.curve(), "baked": baked.curve(), "tokens": baked.position_tokens},
     }
 
 
@@ -96,9 +117,10 @@ def heldout_metrics(teacher: Teacher, student: Student, trajectories: Sequence[T
     tallies = {"baked": Tally(full), "base": Tally(full)}
     for part in progress(batches(trajectories, batch_size), "evaluate", show_progress):
         prompted = BatchTargets.concat(teacher.score(part, top_k=top_k, full=full, side="prompted"))
-        tallies["baked"].add(prompted, BatchTargets.concat(student.score(part, full=True)).full_logprobs)
+        positions = _positions(part)
+        tallies["baked"].add(prompted, BatchTargets.concat(student.score(part, full=True)).full_logprobs, positions)
         tallies["base"].add(prompted, BatchTargets.concat(
-            teacher.score(part, top_k=None, full=True, side="unprompted")).full_logprobs)
+            teacher.score(part, top_k=None, full=True, side="unprompted")).full_logprobs, positions)
         del prompted
     kind = "full" if full else f"top-{top_k} with tail (a lower bound)"
     return summary(tallies["base"], tallies["baked"], kind, len(trajectories))
@@ -111,8 +133,14 @@ def tally_student(student: Student, trajectories: Sequence[Trajectory], targets:
     pairs = list(zip(trajectories, targets))
     for part in progress(batches(pairs, batch_size), label, show_progress):
         prompted = BatchTargets.concat([tg for _, tg in part])
-        tally.add(prompted, BatchTargets.concat(student.score([t for t, _ in part], full=True)).full_logprobs)
+        trajs = [t for t, _ in part]
+        tally.add(prompted, BatchTargets.concat(student.score(trajs, full=True)).full_logprobs, _positions(trajs))
     return tally
+
+
+def _positions(trajectories: Sequence[Trajectory]) -> list[int]:
+    """Each response row's index within its response, trajectory after trajectory."""
+    return [i for t in trajectories for i in range(t.response_len)]
 
 
 class Evaluation:

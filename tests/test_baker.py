@@ -55,6 +55,13 @@ def test_kl_bake_lowers_heldout_kl(tiny_model, bake_settings, loss):
     settings = {**bake_settings, "epochs": 4, "lr": 3e-3, "max_queries": 10}
     e = Baker(PROMPT, loss=loss, model=spec, **settings).run().eval
     assert e["kl_prompted_baked"] < 0.8 * e["kl_prompted_base"]
+    # The per-position curve covers every response position and averages back to the headline KL.
+    curve = e["kl_by_position"]
+    assert len(curve["baked"]) == len(curve["base"]) == len(curve["tokens"]) == settings["max_new_tokens"]
+    assert sum(curve["tokens"]) == e["tokens"] and curve["tokens"][0] == e["trajectories"]
+    for side in ("baked", "base"):
+        mean = sum(k * n for k, n in zip(curve[side], curve["tokens"]) if n) / e["tokens"]
+        assert mean == pytest.approx(e[f"kl_prompted_{side}"], rel=1e-5)
 
 
 def test_same_seed_same_adapter(tiny_model, bake_settings, tmp_path):
@@ -223,3 +230,21 @@ def test_topk_needs_scoring_or_logprobs_with_samples(caps, ok):
     else:
         with pytest.raises(CapabilityError, match="needs the teacher's top-K log-probabilities"):
             baker.check()
+
+
+def test_tally_curve_skips_excluded_positions():
+    from promptbake.evaluate import Tally
+    from promptbake.interfaces import BatchTargets
+
+    prompted = torch.log_softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(0)), -1)
+    other = torch.log_softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(1)), -1)
+    values, ids = prompted.topk(3, -1)
+    targets = BatchTargets(sampled_ids=ids[:, 0], topk_ids=ids, topk_logprobs=values,
+                           tail_logprob=torch.log1p(-values.exp().sum(-1)),
+                           weight=torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))
+    tally = Tally(full=False)
+    tally.add(targets, other, positions=[0, 1, 2, 0, 1])  # two responses: 3 and 2 tokens
+    assert tally.tokens == 4 and tally.position_tokens == [2, 1, 1]
+    curve = tally.curve()
+    assert sum(k * n for k, n in zip(curve, tally.position_tokens)) == pytest.approx(tally.kl, rel=1e-6)
+    assert Tally.from_json(tally.to_json()).curve() == curve

@@ -129,13 +129,17 @@ def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_
 @click.option("--adapter", "-a", required=True, type=click.Path(file_okay=False), help="A baked adapter directory.")
 @click.option("--prompt", "-p", help="The baked prompt (text or file), to show the prompted answer too.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--strength", type=float, default=1.0, show_default=True,
+              help="Scale the LoRA adapter: 0 = base, 1 = the full bake (half-baking in between).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.argument("question")
-def generate(adapter: str, prompt: str | None, max_new_tokens: int, as_json: bool, question: str) -> None:
+def generate(adapter: str, prompt: str | None, max_new_tokens: int, strength: float, as_json: bool,
+             question: str) -> None:
     """Answer QUESTION with the base, prompted and baked models."""
     from .inference import compare
 
-    answers = compare(adapter, question, read_prompt(prompt) if prompt else None, max_new_tokens=max_new_tokens)
+    answers = compare(adapter, question, read_prompt(prompt) if prompt else None, max_new_tokens=max_new_tokens,
+                      strength=strength)
     if as_json:
         click.echo(json.dumps(answers, ensure_ascii=False, indent=2))
         return

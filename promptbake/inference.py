@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,28 @@ def read_metadata(adapter: str | Path) -> dict[str, Any]:
 
 
 def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
-            max_new_tokens: int = 128, model: str | None = None, device: str = "auto") -> dict[str, str]:
-    """Greedy answers from base, prompted base (if the prompt is known) and baked model."""
+            max_new_tokens: int = 128, model: str | None = None, device: str = "auto",
+            strength: float = 1.0) -> dict[str, str]:
+    """Greedy answers from base, prompted base (if the prompt is known) and baked model.
+
+    ``strength`` scales a LoRA adapter at load time (the paper's half-baking): 0 is the
+    base model, 1 the bake as trained, values between give a partial bake.
+    """
     import torch
     from peft import PeftModel
+    from peft.helpers import rescale_adapter_scale
+
+    if not 0 <= strength <= 1:
+        raise ConfigError(f"strength must be between 0 and 1, got {strength!r}.")
 
     meta = read_metadata(adapter)
     prompt = prompt if prompt is not None else meta.get("prompt")
     handle = models.load(model or meta["base_model"], "auto", device)
     with models.quiet_peft():
         baked = PeftModel.from_pretrained(handle.model, str(adapter))
+    if strength != 1 and baked.active_peft_config.is_prompt_learning:
+        handle.model = models.without_adapter(baked)
+        raise ConfigError("strength scales LoRA adapters; a soft-prefix adapter has no scale to turn.")
     renderer = Renderer(handle.tokenizer, prompt or "", max_length=10**9)
     query = Query(id="q", messages=({"role": "user", "content": question},))
 
@@ -49,6 +62,7 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
         answers["base"] = answer(baked, False)
         if prompt:
             answers["prompted"] = answer(baked, True)
-    answers["baked"] = answer(baked, False)
+    with rescale_adapter_scale(baked, strength) if strength != 1 else nullcontext():
+        answers["baked"] = answer(baked, False)
     handle.model = models.without_adapter(baked)
     return answers

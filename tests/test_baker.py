@@ -248,3 +248,23 @@ def test_tally_curve_skips_excluded_positions():
     curve = tally.curve()
     assert sum(k * n for k, n in zip(curve, tally.position_tokens)) == pytest.approx(tally.kl, rel=1e-6)
     assert Tally.from_json(tally.to_json()).curve() == curve
+
+
+def test_generate_strength_scales_the_adapter(tiny_model, bake_settings, tmp_path):
+    from promptbake.inference import compare
+
+    spec = tiny_model()
+    adapter = Baker(PROMPT, model=spec, **{**bake_settings, "lr": 3e-2, "evaluate": False}).run().adapter_path
+    full = compare(adapter, "Hello there?", max_new_tokens=6)
+    none = compare(adapter, "Hello there?", max_new_tokens=6, strength=0.0)
+    assert full["baked"] != full["base"]  # the bake changed the answer...
+    assert none["baked"] == none["base"] == full["base"]  # ...and strength 0 is the base model again
+    assert compare(adapter, "Hello there?", max_new_tokens=6, strength=1.0) == full
+    compare(adapter, "Hello there?", max_new_tokens=6, strength=0.5)
+    with pytest.raises(ConfigError, match="strength must be between 0 and 1"):
+        compare(adapter, "Hello there?", strength=1.5)
+    prefix = Baker(PROMPT, student="prefix", model=spec,
+                   **{**bake_settings, "evaluate": False, "out": str(tmp_path / "p")}).run().adapter_path
+    with pytest.raises(ConfigError, match="soft-prefix adapter has no scale"):
+        compare(prefix, "Hello there?", strength=0.5)
+    assert compare(prefix, "Hello there?", max_new_tokens=2)  # the model was given back intact

@@ -328,14 +328,15 @@ class Baker:
         lengths = [len(t.unprompted_ids) for t in trajectories]
         steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum)
         total = cfg.epochs * steps_per_epoch
-        data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
-                               kind=self.loss.needs, top_k=cfg.top_k, trajectories=trajectories)
         _seed_torch(cfg.seed)  # training's randomness (dropout) must not depend on what ran before it
         if self.student.capabilities.owns_loop:  # a distributed trainer runs the same plan itself
             plan = [group for _ in range(cfg.epochs)
                     for group in batches(bucketed(lengths, cfg.batch_size, rng), cfg.grad_accum)]
             return self.student.fit(trajectories, targets, plan, self.loss,
                                     lambda record: run.log({"stage": "train", **record}))
+        # What a checkpoint was trained on: a resumed bake trusts only one for the same data.
+        data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
+                               kind=self.loss.needs, top_k=cfg.top_k, trajectories=trajectories)
         start, first = self._restore(data_key)
         can_save = self.student.capabilities.checkpoints
         bar = progress(range(start, total), "train", cfg.progress, total=total, unit="step", initial=start)

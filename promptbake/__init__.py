@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .baker import Baker, BakeResult  # noqa: E402  (needs __version__)
+from .baker import Baker, BakeResult
 from .config import BakeConfig
 from .errors import (
     AlignmentError,
@@ -35,9 +35,31 @@ from .registry import names as backend_names
 from .types import Prefix, Query, Sample, Targets, Trajectory
 
 __all__ = [
-    "AlignmentError", "BackendError", "BakeConfig", "BakeResult", "Baker", "BatchTargets", "CapabilityError",
-    "ConfigError", "DuplicateBackendError", "Loss", "MissingDependencyError", "PromptbakeError",
-    "Prefix", "Query", "Sample", "SamplingConfig", "Student", "StudentCapabilities", "Targets", "Teacher",
-    "TeacherCapabilities", "Trajectory", "UnknownBackendError", "backend_names", "hookimpl",
-    "load_plugins", "__version__",
+    "AlignmentError",
+    "BackendError",
+    "BakeConfig",
+    "BakeResult",
+    "Baker",
+    "BatchTargets",
+    "CapabilityError",
+    "ConfigError",
+    "DuplicateBackendError",
+    "Loss",
+    "MissingDependencyError",
+    "Prefix",
+    "PromptbakeError",
+    "Query",
+    "Sample",
+    "SamplingConfig",
+    "Student",
+    "StudentCapabilities",
+    "Targets",
+    "Teacher",
+    "TeacherCapabilities",
+    "Trajectory",
+    "UnknownBackendError",
+    "__version__",
+    "backend_names",
+    "hookimpl",
+    "load_plugins",
 ]

@@ -16,13 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, capabilities, checkpoint, generation, registry
+from . import __version__, capabilities, checkpoint, fidelity, generation, registry
 from .batching import batches, bucketed
 from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .distributed import Ranks
 from .errors import ConfigError
 from .evaluate import Evaluation
+from .fidelity import EPOCHS_DIR
 from .interfaces import Loss, SamplingConfig, Student, Teacher
 from .progress import counter, progress
 from .queries import load_queries
@@ -114,6 +115,10 @@ class Baker:
         if not self.config.prompt.strip():
             raise ConfigError("The system prompt is empty; pass --prompt with text or a non-empty file.")
         capabilities.check(self.teacher, self.student, self.loss, self.config)
+        if self.config.evaluate:
+            from .probes import parse_probes
+
+            parse_probes(self.config.probes)  # a misspelt probe fails now, not after training
         self.teacher.check(self.config)
         self.student.check(self.config)
 
@@ -157,7 +162,7 @@ class Baker:
             self.teacher.setup(cfg)
             self.teacher.use_student_tokenizer(self.student.tokenizer)
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
-            renderer = Renderer(self.student.tokenizer, cfg.prompt, cfg.length_limit(self.student.context_length))
+            renderer = self.make_renderer(cfg.length_limit(self.student.context_length))
             run = self.run_dir = RunDir(out) if cfg.resume else RunDir.create(out, overwrite=cfg.overwrite)
             if cfg.resume:
                 run.log({"stage": "resume"})
@@ -190,6 +195,10 @@ class Baker:
             result = BakeResult(run_dir=run.path, adapter_path=adapter)
             t0 = time.perf_counter()
             result.eval = evaluation.after_training()
+            if cfg.evaluate and held:
+                found = fidelity.behaviour_metrics(self.teacher, self.student, renderer, heldout, cfg,
+                                                   run.path, adapter)
+                result.eval = {**(result.eval or {}), **found} or None
             if result.eval is not None:
                 timings["eval_s"] = time.perf_counter() - t0
                 write_json(run.file("eval.json"), result.eval)
@@ -197,9 +206,17 @@ class Baker:
             result.metrics = {**train, **timings, "trajectories": len(trajectories),
                               "response_tokens": sum(t.response_len for t in trajectories)}
             run.log({"stage": "done", **result.metrics})
+            if cfg.evaluate:
+                from .report import write_report
+
+                write_report(run.path)
             return result
         finally:
             self.close()
+
+    def make_renderer(self, max_length: int) -> Renderer:
+        """The renderer of both sides (a mixture bake renders each query with its own prompt)."""
+        return Renderer(self.student.tokenizer, self.config.prompt, max_length)
 
     def _check_distributed(self) -> None:
         """Refuse launches that would train several unsynchronised copies or race on the run directory."""
@@ -360,6 +377,8 @@ class Baker:
                 next(bar_iter, None)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if cfg.save_epochs and step >= start:  # at step == start the weights are the checkpoint's
+                self._save_adapter(run.file(f"{EPOCHS_DIR}/epoch-{epoch + 1}"))
         for _ in bar_iter:
             pass
         if last is None:  # everything was done before the checkpoint
@@ -386,10 +405,13 @@ class Baker:
     def save(self) -> Path:
         """Write the adapter to RUN/adapter atomically (temp folder with a manifest, then swapped in)."""
         assert self.run_dir is not None
-        final = self.run_dir.file("adapter")
-        tmp = self.run_dir.file(".adapter.tmp")
+        return self._save_adapter(self.run_dir.file("adapter"))
+
+    def _save_adapter(self, final: Path) -> Path:
+        tmp = final.with_name(f".{final.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         self.student.save(str(tmp), self._metadata())
         write_manifest(tmp)
         replace_dir(tmp, final)

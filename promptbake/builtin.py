@@ -1,4 +1,4 @@
-"""The built-in plugin: registers the hf teacher, the peft and prefix students and the three losses.
+"""The built-in plugin: the hf teacher, the peft and prefix students, the three losses and the probes.
 
 Targets are "module:Class" strings, so importing this module imports no torch.
 """
@@ -24,3 +24,11 @@ def register_losses(register):  # type: ignore[no-untyped-def]
     register("ce", "promptbake.losses:CELoss")
     register("topk_kl", "promptbake.losses:TopKKLLoss")
     register("full_kl", "promptbake.losses:FullKLLoss")
+
+
+@hookimpl
+def register_probes(register):  # type: ignore[no-untyped-def]
+    for name, cls in (("language", "LanguageProbe"), ("regex", "RegexProbe"), ("keyword", "KeywordProbe"),
+                      ("starts_with", "StartsWithProbe"), ("max_length", "MaxLengthProbe"),
+                      ("multiple_choice", "MultipleChoiceProbe")):
+        register(name, f"promptbake.probes:{cls}")

@@ -80,10 +80,12 @@ def cli(debug: bool) -> None:
 @click.option("--max-queries", type=int, help="Use at most this many training queries.")
 @click.option("--include-prompt", is_flag=True, default=None, help="Store the prompt text in the run and adapter (default: only its sha256).")
 @click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation.")
+@click.option("--probe", "probes", multiple=True, metavar="SPEC",
+              help="Behaviour probe scored in the evaluation, e.g. language=fr (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. -s samples_per_query=2.")
 def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_eval: bool, quiet: bool,
-         resume_dir: str | None, **options: Any) -> None:
+         resume_dir: str | None, probes: tuple[str, ...], **options: Any) -> None:
     """Bake PROMPT into the model and evaluate on held-out queries.
 
     A bake that stopped (crash, kill, lost machine) continues with
@@ -96,6 +98,8 @@ def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_
     settings.update(_parse_set(sets))
     if no_eval:
         settings["evaluate"] = False
+    if probes:
+        settings["probes"] = list(probes)
     if quiet:
         settings["progress"] = False
     if resume_dir is not None:
@@ -116,13 +120,62 @@ def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_
         return  # another process of a distributed launch; rank 0 reports
     click.echo(f"Adapter: {result.adapter_path}")
     if result.eval:
-        e = result.eval
+        _echo_eval(result.eval)
+    click.echo(f"Time: {result.metrics['total_s']:.0f} s. Run directory: {result.run_dir}")
+
+
+def _echo_eval(e: dict[str, Any]) -> None:
+    """The evaluation's headline lines."""
+    if "kl_prompted_base" in e:
         click.echo(
             f"Held-out KL(prompted||base) {e['kl_prompted_base']:.4f} -> KL(prompted||baked) "
             f"{e['kl_prompted_baked']:.4f}: {100 * e['gap_closed']:.1f}% of the gap closed; "
             f"top-1 agreement {e['top1_agreement_base']:.3f} -> {e['top1_agreement_baked']:.3f}"
         )
-    click.echo(f"Time: {result.metrics['total_s']:.0f} s. Run directory: {result.run_dir}")
+    gap = e.get("on_policy") or {}
+    if "gap_closed" in gap:
+        click.echo(f"On the models' own samples: KL(prompted||base) {gap['kl_prompted_base']:.4f} -> "
+                   f"KL(prompted||baked) {gap['kl_prompted_baked']:.4f}: {100 * gap['gap_closed']:.1f}% closed")
+    for label, scores in (e.get("probes") or {}).items():
+        click.echo(f"Probe {label}: " + ", ".join(f"{side} {100 * v:.0f}%" for side, v in scores.items()))
+    for row in e.get("strengths") or []:
+        click.echo(f"  strength {row['strength']:g}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in row["probes"].items()))
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--prompt", "-p", help="The baked prompt (text or file), when the run kept only its sha256.")
+@click.option("--probe", "probes", multiple=True, metavar="SPEC",
+              help="Behaviour probe, e.g. language=fr, regex=..., max_length=40, multiple_choice (repeatable; "
+                   "default: the probes the bake used).")
+@click.option("--strengths", metavar="S,S,...", help="Adapter scales for the half-baking curve, e.g. 0,0.25,0.5,1.")
+@click.option("--reprompt", is_flag=True, help="Also answer with the baked model plus the prompt (re-prompting).")
+@click.option("--max-heldout", type=int, help="Evaluate on at most this many held-out queries.")
+@click.option("--no-report", is_flag=True, help="Do not rewrite report.html.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_(run_dir: str, prompt: str | None, probes: tuple[str, ...], strengths: str | None, reprompt: bool,
+          max_heldout: int | None, no_report: bool, quiet: bool) -> None:
+    """Evaluate the bake in RUN_DIR on held-out queries; rewrite eval.json, answers.jsonl and report.html."""
+    from .fidelity import evaluate_run
+
+    settings: dict[str, Any] = {"progress": not quiet}
+    if probes:
+        settings["probes"] = list(probes)
+    if strengths:
+        try:
+            settings["strengths"] = [float(v) for v in strengths.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--strengths expects numbers separated by commas, got '{strengths}'.") from None
+    if reprompt:
+        settings["reprompt"] = True
+    if max_heldout is not None:
+        settings["max_heldout"] = max_heldout
+    if not Path(run_dir, "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json).")
+    metrics = evaluate_run(run_dir, read_prompt(prompt) if prompt is not None else None,
+                           report=not no_report, **settings)
+    _echo_eval(metrics)
+    click.echo(f"Wrote {Path(run_dir) / 'eval.json'}" + ("" if no_report else f" and {Path(run_dir) / 'report.html'}"))
 
 
 @cli.command()
@@ -156,6 +209,122 @@ def plugins() -> None:
     from .plugins import describe
 
     click.echo(json.dumps(describe(), indent=2))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+def report(run_dir: str) -> None:
+    """Write RUN_DIR/report.html: summary, plots and answers of a bake, in one self-contained file."""
+    from .report import write_report
+
+    click.echo(str(write_report(run_dir)))
+
+
+# -- composition techniques (techniques.py, merge.py) -------------------------------------------
+
+
+def _technique_settings(sets: tuple[str, ...], quiet: bool, model: str | None) -> dict[str, Any]:
+    settings = _parse_set(sets)
+    if model is not None:
+        settings["model"] = model
+    if quiet:
+        settings["progress"] = False
+    return settings
+
+
+def _echo_step(label: str, result: Any) -> None:
+    """One line per bake of a technique: held-out KL and gap closed when evaluated."""
+    e = result.eval or {}
+    line = f"{label}: adapter {result.adapter_path}"
+    if "kl_prompted_base" in e:
+        line += (f"; held-out KL(prompted||base) {e['kl_prompted_base']:.4f} -> KL(prompted||baked) "
+                 f"{e['kl_prompted_baked']:.4f}, {100 * e['gap_closed']:.1f}% of the gap closed")
+    merged = result.run_dir / "merged"
+    if merged.is_dir():
+        line += f"; merged model {merged}"
+    click.echo(line)
+
+
+_technique_options = [
+    click.option("--out", "-o", required=True, type=click.Path(), help="Folder for the run directories."),
+    click.option("--model", "-m", help="The model to start from (default: smollm2-135m, embedded)."),
+    click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Any bake setting, e.g. -s epochs=2 (applies to every bake)."),
+    click.option("--quiet", is_flag=True, help="No progress bars."),
+]
+
+
+def _with_technique_options(f: Any) -> Any:
+    for option in reversed(_technique_options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.option("--prompt", "-p", required=True, help="System prompt text, or a file holding it.")
+@click.option("--rounds", "-n", type=int, required=True, help="Rounds of baking (2 or more to pursue).")
+@_with_technique_options
+def pursue(prompt: str, rounds: int, out: str, model: str | None, sets: tuple[str, ...], quiet: bool) -> None:
+    """Prompt Pursuit: bake PROMPT, merge, re-prompt the baked model and bake again, ROUNDS times.
+
+    Rounds go to OUT/round-N (each with a full merged model in OUT/round-N/merged);
+    OUT/pursuit.json sums them up.
+    """
+    from .techniques import pursue as run_pursuit
+
+    results = run_pursuit(read_prompt(prompt), rounds, out, **_technique_settings(sets, quiet, model))
+    for i, result in enumerate(results, 1):
+        _echo_step(f"Round {i}", result)
+    click.echo(f"Summary: {Path(out) / 'pursuit.json'}")
+
+
+@cli.command()
+@click.option("--prompt", "-p", "prompts", multiple=True, required=True,
+              help="A system prompt (text or file); repeat it, in baking order.")
+@_with_technique_options
+def sequence(prompts: tuple[str, ...], out: str, model: str | None, sets: tuple[str, ...], quiet: bool) -> None:
+    """Sequential baking: bake each --prompt in turn into the model the previous bakes made.
+
+    Steps go to OUT/step-N; OUT/sequence.json sums them up.
+    """
+    from .techniques import sequential
+
+    results = sequential([read_prompt(p) for p in prompts], out, **_technique_settings(sets, quiet, model))
+    for i, result in enumerate(results, 1):
+        _echo_step(f"Step {i}", result)
+    click.echo(f"Summary: {Path(out) / 'sequence.json'}")
+
+
+@cli.command()
+@click.option("--prompt", "-p", "prompts", multiple=True, required=True,
+              help="A system prompt of the mixture (text or file); repeat it.")
+@click.option("--weight", "-w", "weights", multiple=True, type=float,
+              help="The weight of the --prompt at the same position (default: equal weights).")
+@_with_technique_options
+def mix(prompts: tuple[str, ...], weights: tuple[float, ...], out: str, model: str | None, sets: tuple[str, ...],
+        quiet: bool) -> None:
+    """Bake a weighted mixture of prompts in one bake: each query is answered under one of them."""
+    from .techniques import mix as run_mix
+
+    result = run_mix([read_prompt(p) for p in prompts], list(weights) if weights else [1.0] * len(prompts), out,
+                     **_technique_settings(sets, quiet, model))
+    if result.main:
+        _echo_step("Mixture", result)
+        click.echo(f"Run directory: {result.run_dir}")
+
+
+@cli.command()
+@click.option("--adapter", "-a", required=True, type=click.Path(file_okay=False),
+              help="A baked LoRA adapter directory.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Folder for the merged model.")
+@click.option("--model", "-m", help="The base model (default: the one the adapter records).")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
+def merge(adapter: str, out: str, model: str | None, dtype: str, overwrite: bool) -> None:
+    """Merge a LoRA adapter into its base model and save a plain transformers model folder."""
+    from .merge import merge_adapter
+
+    click.echo(f"Merged model: {merge_adapter(adapter, out, model=model, dtype=dtype, overwrite=overwrite)}")
 
 
 def main(argv: list[str] | None = None) -> None:

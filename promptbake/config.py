@@ -63,6 +63,11 @@ class BakeConfig:
     include_prompt: bool = False  # store the prompt text in the run and adapter metadata
     evaluate: bool = True
     progress: bool = True
+    # evaluation of behaviour (see fidelity.py)
+    probes: list[str] = field(default_factory=list)  # probe specs, e.g. ["language=fr", "max_length=40"]
+    strengths: list[float] = field(default_factory=list)  # adapter scales at which to score the probes
+    reprompt: bool = False  # also answer with the baked model plus the prompt (re-prompting)
+    save_epochs: bool = True  # keep each epoch's adapter in RUN/epochs/ (half-baking by early stopping)
 
     _POSITIVE = ("samples_per_query", "max_new_tokens", "top_k", "epochs",
                  "batch_size", "grad_accum", "lora_rank", "score_batch_size",
@@ -105,6 +110,11 @@ class BakeConfig:
             raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha!r}.")
         if self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ConfigError("max_grad_norm and weight_decay must be >= 0.")
+        if not isinstance(self.probes, list) or not all(isinstance(p, str) and p for p in self.probes):
+            raise ConfigError(f"probes must be a list of probe specs such as ['language=fr'], got {self.probes!r}.")
+        if not isinstance(self.strengths, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in self.strengths):
+            raise ConfigError(f"strengths must be a list of numbers between 0 and 1, got {self.strengths!r}.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run directory and --overwrite replaces it; pass one of them.")
 

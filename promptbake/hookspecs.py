@@ -31,3 +31,12 @@ def register_students(register):  # type: ignore[no-untyped-def]
 @hookspec
 def register_losses(register):  # type: ignore[no-untyped-def]
     """Register losses: ``register(name, cls_or_path, aliases=())``."""
+
+
+@hookspec
+def register_probes(register):  # type: ignore[no-untyped-def]
+    """Register behaviour probes: ``register(name, cls_or_path, aliases=())``.
+
+    A probe is a ``promptbake.probes.Probe`` subclass, built with the text after
+    ``=`` in a spec such as ``language=fr``.
+    """

@@ -41,6 +41,8 @@ class StudentCapabilities:
     can_score: bool = True  # can report its own distribution, for evaluation
     checkpoints: bool = False  # implements save_state/load_state, so a resumed bake continues training
     owns_loop: bool = False  # trains in fit() with its own loop (a distributed trainer), not step by step
+    can_generate: bool = False  # samples from its own weights (behaviour evaluation, on-policy baking)
+    adapters: bool = False  # loads a saved adapter (load_adapter) and scales it (generate's strength)
 
 
 @dataclass
@@ -65,10 +67,10 @@ class Teacher(ABC):
     name: ClassVar[str] = "teacher"
     capabilities: TeacherCapabilities = TeacherCapabilities()
 
-    def check(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
+    def check(self, config: BakeConfig) -> None:
         """Cheap checks before anything loads (keys, options); raise a PromptbakeError."""
 
-    def setup(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
+    def setup(self, config: BakeConfig) -> None:
         """Load weights or open clients. Called once, after capability checks."""
 
     @property
@@ -76,7 +78,7 @@ class Teacher(ABC):
         """The tokenizer the teacher's ids refer to, or None when it returns text."""
         return None
 
-    def use_student_tokenizer(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook
+    def use_student_tokenizer(self, tokenizer: Any) -> None:
         """Called after setup with the tokenizer trajectories are rendered with.
 
         Teachers that return text (hosted APIs) map their tokens to its ids.
@@ -98,7 +100,7 @@ class Teacher(ABC):
     ) -> list[Targets]:
         """Teacher-forced distributions at every response position of each trajectory."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources."""
 
     def __str__(self) -> str:
@@ -111,7 +113,7 @@ class Student(ABC):
     name: ClassVar[str] = "student"
     capabilities: StudentCapabilities = StudentCapabilities()
 
-    def check(self, config: BakeConfig) -> None:  # noqa: B027 - optional hook
+    def check(self, config: BakeConfig) -> None:
         """Cheap checks before anything loads (keys, options); raise a PromptbakeError."""
 
     @abstractmethod
@@ -153,6 +155,20 @@ class Student(ABC):
         """
         raise NotImplementedError(f"student '{self.name}' trains step by step")
 
+    def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig, *,
+                 strength: float = 1.0) -> list[list[Sample]]:
+        """``sampling.n`` samples per prefix from the student's current weights (temperature 0: greedy).
+
+        ``strength`` scales the trained adapter: 0 is the base model, 1 the bake as trained.
+        Students that set ``capabilities.can_generate`` implement it.
+        """
+        raise NotImplementedError(f"student '{self.name}' cannot generate")
+
+    def load_adapter(self, path: str) -> None:
+        """Replace the adapter's weights with those saved in directory ``path`` (after :meth:`setup`
+        with the settings it was baked with). Students that set ``capabilities.adapters`` implement it."""
+        raise NotImplementedError(f"student '{self.name}' cannot load a saved adapter")
+
     def save_state(self, path: str) -> None:
         """Write everything needed to continue training (weights, optimizer, schedule, RNG) into
         directory ``path``, without pickle. Students that set ``capabilities.checkpoints`` implement it."""
@@ -162,7 +178,7 @@ class Student(ABC):
         """Restore what :meth:`save_state` wrote, after :meth:`setup` with the same settings."""
         raise NotImplementedError(f"student '{self.name}' cannot checkpoint")
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources."""
 
     def __str__(self) -> str:

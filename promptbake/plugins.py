@@ -23,8 +23,9 @@ from .errors import DuplicateBackendError, PromptbakeError
 
 GROUP = "promptbake"
 BUILTIN_MODULE = "promptbake.builtin"
-KINDS = ("teacher", "student", "loss")
-_HOOKS = {"teacher": "register_teachers", "student": "register_students", "loss": "register_losses"}
+KINDS = ("teacher", "student", "loss", "probe")
+_HOOKS = {"teacher": "register_teachers", "student": "register_students", "loss": "register_losses",
+          "probe": "register_probes"}
 
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)

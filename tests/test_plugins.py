@@ -180,7 +180,7 @@ def test_every_hook_is_documented_with_its_signature():
     from promptbake import hookspecs
 
     docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    for name in ("register_teachers", "register_students", "register_losses"):
+    for name in ("register_teachers", "register_students", "register_losses", "register_probes"):
         fn = getattr(hookspecs, name)
         signature = f"{name}({', '.join(inspect.signature(fn).parameters)})"
         assert f"### {signature}" in docs
@@ -191,7 +191,8 @@ def test_every_hook_is_exercised_by_a_test():
 
     from promptbake import hookspecs
 
-    source = Path(__file__).read_text()
+    # The probe hook's plugin test lives with the probes.
+    source = Path(__file__).read_text() + (Path(__file__).parent / "test_probes.py").read_text()
     hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
     assert hooks
     for name in hooks:

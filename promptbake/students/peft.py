@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,9 +17,16 @@ from ..batching import batches
 from ..config import BakeConfig
 from ..errors import ConfigError
 from ..inference import METADATA_FILE
-from ..interfaces import BatchTargets, Loss, Student, StudentCapabilities
+from ..interfaces import (
+    BatchTargets,
+    Loss,
+    SamplingConfig,
+    Student,
+    StudentCapabilities,
+)
+from ..sampling import sample_rows
 from ..scoring import logits_to_targets, response_logits, split_head
-from ..types import Targets, Trajectory
+from ..types import Prefix, Sample, Targets, Trajectory
 
 
 def seed_everything(seed: int) -> None:
@@ -30,7 +38,8 @@ class PeftStudent(Student):
     """LoRA on a transformers model (all linear layers by default)."""
 
     name = "peft"
-    capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=True)
+    capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=True, can_generate=True,
+                                       adapters=True)
 
     def __init__(self, model: str | None = None, head_chunk: int | None = 1024):
         self.model_spec = model
@@ -129,6 +138,51 @@ class PeftStudent(Student):
                 logits, lengths = response_logits(h.peft_model, part, "unprompted", h.tokenizer.pad_token_id, h.device)
                 out.extend(logits_to_targets(logits, lengths, part, top_k=top_k, full=full))
         return out
+
+    def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig, *,
+                 strength: float = 1.0) -> list[list[Sample]]:
+        h = self._handle
+        if not sampling.stop_ids:
+            sampling = dataclasses.replace(sampling, stop_ids=[h.tokenizer.eos_token_id])
+        size = self.config.generate_batch_size if self.config else 16
+        with self.scaled(strength), models.eval_mode(h.peft_model):
+            return sample_rows(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
+                               h.device, size)
+
+    def scaled(self, strength: float) -> Any:
+        """Context in which the adapter counts ``strength`` times (0: disabled, the base model)."""
+        from contextlib import nullcontext
+
+        from peft.helpers import rescale_adapter_scale
+
+        model = self._handle.peft_model
+        if not 0 <= strength <= 1:
+            raise ConfigError(f"strength must be between 0 and 1, got {strength!r}.")
+        if strength == 0:
+            return model.disable_adapter()
+        if strength == 1:
+            return nullcontext()
+        if model.active_peft_config.is_prompt_learning:
+            raise ConfigError("strength scales LoRA adapters; a soft-prefix adapter has no scale to turn.")
+        return rescale_adapter_scale(model, strength)
+
+    def load_adapter(self, path: str) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        file = os.path.join(path, "adapter_model.safetensors")
+        if not os.path.isfile(file):
+            raise ConfigError(f"{path} holds no adapter_model.safetensors; is it a promptbake adapter?")
+        model = self._handle.peft_model
+        try:
+            result = set_peft_model_state_dict(model, load_file(file, device=str(self._handle.device)))
+        except RuntimeError as exc:  # shapes differ: another rank or prefix length
+            raise ConfigError(f"The adapter in {path} does not fit this student's settings: "
+                              f"{str(exc).splitlines()[0]}") from None
+        missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k or "prompt" in k]
+        if missing:
+            raise ConfigError(f"The adapter in {path} does not fit this student's settings "
+                              f"(e.g. {missing[0]}); evaluate with the settings it was baked with.")
 
     def save(self, path: str, metadata: dict[str, Any]) -> None:
         h = self._handle

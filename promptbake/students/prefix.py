@@ -14,6 +14,7 @@ embedded model a random 16-token prefix raised held-out KL from 0.56 to 4.7).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ class PrefixStudent(PeftStudent):
     """PEFT prefix tuning on a transformers model."""
 
     name = "prefix"
+    # A soft prefix has no scale to turn, so no half-baking sweep over strengths.
+    capabilities = dataclasses.replace(PeftStudent.capabilities, adapters=False)
 
     def __init__(self, model: str | None = None, num_virtual_tokens: int | None = None, init: str = "prompt",
                  prefix_projection: bool = False, encoder_hidden_size: int | None = None):

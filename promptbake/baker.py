@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .evaluate import Evaluation
 from .fidelity import EPOCHS_DIR
 from .interfaces import Loss, SamplingConfig, Student, Teacher
+from .onpolicy import OnPolicySampler
 from .progress import counter, progress
 from .queries import load_queries
 from .render import Renderer
@@ -83,6 +84,7 @@ class Baker:
         self.loss: Loss = registry.create(
             "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
         self.run_dir: RunDir | None = None
+        self.on_policy: OnPolicySampler | None = None  # set by run() when config.on_policy > 0
 
     @classmethod
     def resume(cls, run_dir: str | Path, prompt: str | None = None, **settings: Any) -> Baker:
@@ -163,6 +165,9 @@ class Baker:
             self.teacher.use_student_tokenizer(self.student.tokenizer)
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
             renderer = self.make_renderer(cfg.length_limit(self.student.context_length))
+            if cfg.on_policy > 0:
+                self.on_policy = OnPolicySampler(self.teacher, self.student, renderer, queries, cfg,
+                                                 Path(out) / "on-policy", self.loss.needs)
             run = self.run_dir = RunDir(out) if cfg.resume else RunDir.create(out, overwrite=cfg.overwrite)
             if cfg.resume:
                 run.log({"stage": "resume"})
@@ -361,12 +366,17 @@ class Baker:
         step = 0
         last = None
         for epoch in range(cfg.epochs):
+            # Bucketed by the off-policy lengths, so the shuffle never depends on on-policy samples.
             micro = bucketed(lengths, cfg.batch_size, rng)  # similar lengths: little padding
+            epoch_trajs, epoch_targets = trajectories, targets
+            if self.on_policy is not None and step + steps_per_epoch > start:
+                epoch_trajs, epoch_targets, sampled = self.on_policy.for_epoch(epoch, trajectories, targets, data_key)
+                run.log({"stage": "on_policy", "epoch": epoch, "sampled": sampled})
             for group in batches(micro, cfg.grad_accum):
                 step += 1
                 if step <= start:
                     continue  # taken before the checkpoint; the shuffle above is replayed all the same
-                batch = [[(trajectories[i], targets[i]) for i in mb] for mb in group]
+                batch = [[(epoch_trajs[i], epoch_targets[i]) for i in mb] for mb in group]
                 m = self.student.step(batch, self.loss)
                 first = m["loss"] if first is None else first
                 last = m["loss"]

@@ -24,6 +24,16 @@ def check(teacher: Teacher, student: Student, loss: Loss, config: BakeConfig) ->
             f"Loss '{lname}' needs full-vocabulary logits, which teacher '{t}' cannot give; "
             f"use loss topk_kl or ce with this teacher, or the hf teacher for full_kl."
         )
+    if config.on_policy > 0:
+        if loss.needs == "tokens":
+            raise CapabilityError(f"On-policy baking trains on the teacher's distributions over the student's "
+                                  f"own samples; loss '{lname}' uses no teacher distribution: use topk_kl or full_kl.")
+        if not tc.can_score:
+            raise CapabilityError(f"On-policy baking needs a teacher that scores given text; teacher '{t}' "
+                                  f"cannot: use hf or vllm, or on_policy=0.")
+        if not sc.can_generate or sc.owns_loop:
+            raise CapabilityError(f"On-policy baking needs a student that samples between epochs; student "
+                                  f"'{student.name}' cannot: use peft, or on_policy=0.")
     if loss.needs == "topk":
         if not (tc.can_score or tc.sample_logprobs):
             raise CapabilityError(

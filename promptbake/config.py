@@ -57,6 +57,7 @@ class BakeConfig:
     generate_batch_size: int = 16
     out: str | None = None
     target_cache: str | None = None  # a folder shared by runs: same key, no teacher calls
+    on_policy: float = 0.0  # fraction of each epoch's data sampled by the student itself (see onpolicy.py)
     checkpoint_every: int = 50  # optimizer steps between training checkpoints (and one at the end)
     overwrite: bool = False
     resume: bool = False  # continue the bake in ``out`` from what it saved
@@ -115,6 +116,9 @@ class BakeConfig:
         if not isinstance(self.strengths, list) or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in self.strengths):
             raise ConfigError(f"strengths must be a list of numbers between 0 and 1, got {self.strengths!r}.")
+        if isinstance(self.on_policy, bool) or not isinstance(self.on_policy, int | float) \
+                or not 0 <= self.on_policy <= 1:
+            raise ConfigError(f"on_policy must be a fraction between 0 and 1, got {self.on_policy!r}.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run directory and --overwrite replaces it; pass one of them.")
 

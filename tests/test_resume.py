@@ -58,15 +58,19 @@ def reference(model, tmp_path_factory):
     return run, spied(spy)
 
 
-# The held-out evaluation after training scores its 2 trajectories on both sides: 4.
-EVAL = 4
+# The evaluation after training: the held-out KL scores its 2 trajectories on both sides (4);
+# the prompted model answers the 2 held-out queries (generate 2); the on-policy gap scores the
+# base's 2 samples on both sides and the baked model's 2 on the prompted side (6).
+EVAL = 4 + 6
+EVAL_GENERATE = 2
 # (stage, which call is killed, teacher work the resumed bake does, first train step it runs)
 CASES = {
-    "generate": ("generate", 2, {"generate": 4 + 2, "score": 6 + EVAL}, 1),  # train chunk 0 kept
-    "score": ("score", 2, {"generate": 0, "score": 4 + EVAL}, 1),  # shard 0 kept
-    "train": ("train", 4, {"generate": 0, "score": EVAL}, 3),  # the step-2 checkpoint kept
-    "checkpoint": ("checkpoint", 2, {"generate": 0, "score": EVAL}, 3),  # the step-4 one half-written
-    "save": ("save", 1, {"generate": 0, "score": EVAL}, 7),  # trained; the adapter swap was cut
+    "generate": ("generate", 2, {"generate": 4 + 2 + EVAL_GENERATE, "score": 6 + EVAL}, 1),  # train chunk 0 kept
+    "score": ("score", 2, {"generate": EVAL_GENERATE, "score": 4 + EVAL}, 1),  # shard 0 kept
+    "train": ("train", 4, {"generate": EVAL_GENERATE, "score": EVAL}, 3),  # the step-2 checkpoint kept
+    "checkpoint": ("checkpoint", 2, {"generate": EVAL_GENERATE, "score": EVAL}, 3),  # step-4 one half-written
+    # Adapters are written after epoch 1, after epoch 2, then the final one: the 3rd swap is cut.
+    "save": ("save", 3, {"generate": EVAL_GENERATE, "score": EVAL}, 7),
 }
 
 
@@ -100,7 +104,7 @@ def test_resume_after_kill(model, reference, tmp_path, case):
 
 def test_reference_run_did_each_piece_of_work_once(reference):
     run, work = reference
-    assert work == {"generate": 6 + 2, "score": 6 + EVAL}
+    assert work == {"generate": 6 + 2 + EVAL_GENERATE, "score": 6 + EVAL}
     files = [p for p in run.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"training_state.safetensors", "manifest.json", "adapter_model.safetensors"}
     # Checkpoints included: tensors are safetensors (which open as such), the rest is not pickled.

@@ -335,30 +335,29 @@ def _score_lines(ax: Any, lines: dict[str, list[tuple[float, float]]], prompted:
     _style(ax)
 
 
-def plot_strength(data: dict[str, Any]) -> Any:
-    _, lines = _series(data["eval"].get("strengths"), "strength")
+def _probe_curve(data: dict[str, Any], key: str, xlabel: str, title: str) -> Any:
+    """Probe scores along ``eval[key]`` (strengths or epochs), with the prompted scores dashed."""
+    xs, lines = _series(data["eval"].get(key), key.rstrip("s"))
     if not lines:
         return None
     prompted = {n: s["prompted"] for n, s in _probe_table(data["eval"].get("probes")).items() if "prompted" in s}
     fig, ax = _figure()
     _score_lines(ax, lines, prompted)
-    ax.set_xlabel("adapter strength (0 = base model, 1 = the full bake)")
-    ax.set_title("Half-baking: probe score vs adapter strength" + (" (dashed: prompted)" if prompted else ""))
+    if key == "epochs" and all(x.is_integer() for x in xs):
+        ax.set_xticks(sorted(set(xs)))
+    ax.set_xlabel(xlabel)
+    ax.set_title(title + (" (dashed: prompted)" if prompted else ""))
     return fig
+
+
+def plot_strength(data: dict[str, Any]) -> Any:
+    return _probe_curve(data, "strengths", "adapter strength (0 = base model, 1 = the full bake)",
+                        "Half-baking: probe score vs adapter strength")
 
 
 def plot_epochs(data: dict[str, Any]) -> Any:
-    xs, lines = _series(data["eval"].get("epochs"), "epoch")
-    if not lines:
-        return None
-    prompted = {n: s["prompted"] for n, s in _probe_table(data["eval"].get("probes")).items() if "prompted" in s}
-    fig, ax = _figure()
-    _score_lines(ax, lines, prompted)
-    if all(x.is_integer() for x in xs):
-        ax.set_xticks(sorted(set(xs)))
-    ax.set_xlabel("training epoch (adapter saved at the end of the epoch)")
-    ax.set_title("Probe score after each epoch" + (" (dashed: prompted)" if prompted else ""))
-    return fig
+    return _probe_curve(data, "epochs", "training epoch (adapter saved at the end of the epoch)",
+                        "Probe score after each epoch")
 
 
 # name, title, drawing function, caption, line shown when the data is missing

@@ -65,9 +65,12 @@ def test_topk_bake_uses_sample_logprobs_and_lowers_heldout_kl(tiny_model, bake_s
     body = api.bodies[0]
     assert body["messages"][0] == {"role": "system", "content": PROMPT}
     assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["max_tokens"] == 16
-    # 6 train queries x 2 samples + 3 held-out, one request each, distinct seeds per sample.
-    assert len(api.bodies) == 6 * 2 + 3
-    assert len({(json.dumps(b["messages"]), b["seed"]) for b in api.bodies}) == len(api.bodies)
+    # 6 train queries x 2 samples + 3 held-out, one request each, distinct seeds per sample; then
+    # the evaluation's greedy answers of the prompted model to the 3 held-out queries.
+    assert len(api.bodies) == 6 * 2 + 3 + 3
+    sampled, greedy = api.bodies[:-3], api.bodies[-3:]
+    assert len({(json.dumps(b["messages"]), b["seed"]) for b in sampled}) == len(sampled)
+    assert all(b["temperature"] == 0 for b in greedy) and all(b["temperature"] > 0 for b in sampled)
     e = result.eval
     assert e is not None and "teacher's own samples" in e["kl"]
     assert e["kl_prompted_baked"] < e["kl_prompted_base"]

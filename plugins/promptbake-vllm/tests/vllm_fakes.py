@@ -134,10 +134,13 @@ def sample(model: Any, ids: list[int], *, n: int, seed: int, temperature: float,
                 logits = model(input_ids=torch.tensor([ids + tokens])).logits[0, -1].float()
             lp = torch.log_softmax(logits, dim=-1)
             rows.append(lp)
-            scaled = logits / temperature
+            scaled = logits / temperature if temperature > 0 else logits.clone()
             if len(tokens) < min_tokens:
                 scaled[stop_ids] = -math.inf
-            tok = int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen))
+            if temperature == 0:  # vLLM: temperature 0 is greedy decoding
+                tok = int(scaled.argmax())
+            else:
+                tok = int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen))
             tokens.append(tok)
             if tok in stop_ids:
                 finish, stop_reason = "stop", tok

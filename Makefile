@@ -8,6 +8,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 PROMPT ?= examples/prompts/french.txt
 OUT    ?= runs/french
+PROBES ?= --probe language=fr
 
 .PHONY: install bake test test-fast bench clean chromium
 
@@ -33,7 +34,7 @@ $(STAMP): pyproject.toml Makefile $(PLUGINS)
 	touch $(STAMP)
 
 bake: install
-	$(BIN)/promptbake bake --prompt $(PROMPT) --out $(OUT) --overwrite
+	$(BIN)/promptbake bake --prompt $(PROMPT) --out $(OUT) --overwrite $(PROBES)
 
 test: install chromium
 	$(BIN)/python -m pytest -q

@@ -387,7 +387,9 @@ class Baker:
                 next(bar_iter, None)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
-            if cfg.save_epochs and step >= start:  # at step == start the weights are the checkpoint's
+            # Local adapters only (a hosted student's save is a remote export); at step == start the
+            # weights are the checkpoint's, which is this epoch's end.
+            if cfg.save_epochs and self.student.capabilities.adapters and step >= start:
                 self._save_adapter(run.file(f"{EPOCHS_DIR}/epoch-{epoch + 1}"))
         for _ in bar_iter:
             pass

@@ -32,6 +32,8 @@ def hide_loading_bars() -> None:
 
     hf_logging.disable_progress_bar()
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # transformers' GGUF loader uses a plain tqdm bar; tqdm reads this default at each bar.
+    os.environ["TQDM_DISABLE"] = "1"
 
 
 def embedded_gguf(name: str) -> tuple[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
     """
     import torch
     from peft import PeftModel
-    from peft.helpers import rescale_adapter_scale
 
     if not 0 <= strength <= 1:
         raise ConfigError(f"strength must be between 0 and 1, got {strength!r}.")
@@ -43,9 +41,11 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
     handle = models.load(model or meta["base_model"], "auto", device)
     with models.quiet_peft():
         baked = PeftModel.from_pretrained(handle.model, str(adapter))
-    if strength != 1 and baked.active_peft_config.is_prompt_learning:
+    try:
+        scaled = models.adapter_scale(baked, strength)
+    except ConfigError:
         handle.model = models.without_adapter(baked)
-        raise ConfigError("strength scales LoRA adapters; a soft-prefix adapter has no scale to turn.")
+        raise
     renderer = Renderer(handle.tokenizer, prompt or "", max_length=10**9)
     query = Query(id="q", messages=({"role": "user", "content": question},))
 
@@ -62,7 +62,7 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
         answers["base"] = answer(baked, False)
         if prompt:
             answers["prompted"] = answer(baked, True)
-    with rescale_adapter_scale(baked, strength) if strength != 1 else nullcontext():
+    with scaled:
         answers["baked"] = answer(baked, False)
     handle.model = models.without_adapter(baked)
     return answers

@@ -113,6 +113,22 @@ class ModelHandle:
         return self.peft_model if self.peft_model is not None else self.model
 
 
+def adapter_scale(peft_model: Any, strength: float) -> Any:
+    """Context in which the adapter counts ``strength`` times: 0 is the base model, 1 the bake as
+    trained, values between a partial bake (half-baking). Only LoRA adapters have a scale."""
+    if not 0 <= strength <= 1:
+        raise ConfigError(f"strength must be between 0 and 1, got {strength!r}.")
+    if strength == 0:
+        return peft_model.disable_adapter()
+    if strength == 1:
+        return nullcontext()
+    if peft_model.active_peft_config.is_prompt_learning:
+        raise ConfigError("strength scales LoRA adapters; a soft-prefix adapter has no scale to turn.")
+    from peft.helpers import rescale_adapter_scale
+
+    return rescale_adapter_scale(peft_model, strength)
+
+
 def without_adapter(peft_model: Any) -> Any:
     """The base model back from a PEFT wrapper, with no adapter layers left in it."""
     if peft_model.active_peft_config.is_prompt_learning:

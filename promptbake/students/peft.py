@@ -145,26 +145,9 @@ class PeftStudent(Student):
         if not sampling.stop_ids:
             sampling = dataclasses.replace(sampling, stop_ids=[h.tokenizer.eos_token_id])
         size = self.config.generate_batch_size if self.config else 16
-        with self.scaled(strength), models.eval_mode(h.peft_model):
+        with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             return sample_rows(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
                                h.device, size)
-
-    def scaled(self, strength: float) -> Any:
-        """Context in which the adapter counts ``strength`` times (0: disabled, the base model)."""
-        from contextlib import nullcontext
-
-        from peft.helpers import rescale_adapter_scale
-
-        model = self._handle.peft_model
-        if not 0 <= strength <= 1:
-            raise ConfigError(f"strength must be between 0 and 1, got {strength!r}.")
-        if strength == 0:
-            return model.disable_adapter()
-        if strength == 1:
-            return nullcontext()
-        if model.active_peft_config.is_prompt_learning:
-            raise ConfigError("strength scales LoRA adapters; a soft-prefix adapter has no scale to turn.")
-        return rescale_adapter_scale(model, strength)
 
     def load_adapter(self, path: str) -> None:
         from peft import set_peft_model_state_dict

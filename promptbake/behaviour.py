@@ -20,7 +20,7 @@ from typing import Any
 
 from .batching import batches
 from .errors import ConfigError
-from .evaluate import Tally, _positions
+from .evaluate import Tally, response_positions
 from .interfaces import BatchTargets, SamplingConfig, Student, Teacher
 from .probes import Probe
 from .progress import counter
@@ -154,7 +154,7 @@ def on_policy(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig, 
             else:
                 other = BatchTargets.concat(sides.teacher.score(part, top_k=None, full=True,
                                                                 side="unprompted")).full_logprobs
-            tally.add(prompted, other, _positions(part))
+            tally.add(prompted, other, response_positions(part))
         out[f"kl_prompted_{name}"] = tally.mean_kl
         out[f"top1_agreement_{name}"] = tally.agreement
         out[f"tokens_{name}"] = tally.tokens

@@ -232,6 +232,13 @@ def _technique_settings(sets: tuple[str, ...], quiet: bool, model: str | None) -
     return settings
 
 
+def _echo_chain(results: list[Any], label: str, summary: Path) -> None:
+    """One line per bake of a chain, then where its summary is."""
+    for i, result in enumerate(results, 1):
+        _echo_step(f"{label} {i}", result)
+    click.echo(f"Summary: {summary}")
+
+
 def _echo_step(label: str, result: Any) -> None:
     """One line per bake of a technique: held-out KL and gap closed when evaluated."""
     e = result.eval or {}
@@ -273,9 +280,7 @@ def pursue(prompt: str, rounds: int, out: str, model: str | None, sets: tuple[st
     from .techniques import pursue as run_pursuit
 
     results = run_pursuit(read_prompt(prompt), rounds, out, **_technique_settings(sets, quiet, model))
-    for i, result in enumerate(results, 1):
-        _echo_step(f"Round {i}", result)
-    click.echo(f"Summary: {Path(out) / 'pursuit.json'}")
+    _echo_chain(results, "Round", Path(out) / "pursuit.json")
 
 
 @cli.command()
@@ -290,9 +295,7 @@ def sequence(prompts: tuple[str, ...], out: str, model: str | None, sets: tuple[
     from .techniques import sequential
 
     results = sequential([read_prompt(p) for p in prompts], out, **_technique_settings(sets, quiet, model))
-    for i, result in enumerate(results, 1):
-        _echo_step(f"Step {i}", result)
-    click.echo(f"Summary: {Path(out) / 'sequence.json'}")
+    _echo_chain(results, "Step", Path(out) / "sequence.json")
 
 
 @cli.command()

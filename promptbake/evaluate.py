@@ -117,7 +117,7 @@ def heldout_metrics(teacher: Teacher, student: Student, trajectories: Sequence[T
     tallies = {"baked": Tally(full), "base": Tally(full)}
     for part in progress(batches(trajectories, batch_size), "evaluate", show_progress):
         prompted = BatchTargets.concat(teacher.score(part, top_k=top_k, full=full, side="prompted"))
-        positions = _positions(part)
+        positions = response_positions(part)
         tallies["baked"].add(prompted, BatchTargets.concat(student.score(part, full=True)).full_logprobs, positions)
         tallies["base"].add(prompted, BatchTargets.concat(
             teacher.score(part, top_k=None, full=True, side="unprompted")).full_logprobs, positions)
@@ -134,11 +134,11 @@ def tally_student(student: Student, trajectories: Sequence[Trajectory], targets:
     for part in progress(batches(pairs, batch_size), label, show_progress):
         prompted = BatchTargets.concat([tg for _, tg in part])
         trajs = [t for t, _ in part]
-        tally.add(prompted, BatchTargets.concat(student.score(trajs, full=True)).full_logprobs, _positions(trajs))
+        tally.add(prompted, BatchTargets.concat(student.score(trajs, full=True)).full_logprobs, response_positions(trajs))
     return tally
 
 
-def _positions(trajectories: Sequence[Trajectory]) -> list[int]:
+def response_positions(trajectories: Sequence[Trajectory]) -> list[int]:
     """Each response row's index within its response, trajectory after trajectory."""
     return [i for t in trajectories for i in range(t.response_len)]
 

@@ -66,7 +66,10 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
         out["on_policy"] = gap
     text_probes = [p for p in probes if not p.needs_model]
     if text_probes and config.strengths and student.capabilities.adapters:
-        out["strengths"] = [{"strength": s, "probes": _baked_scores(sides, queries, text_probes, s)}
+        # Strength 0 is the base side and 1 the baked side, both already answered above.
+        known = {0: "base", 1: "baked"}
+        out["strengths"] = [{"strength": s, "probes": {p.label: out["probes"][p.label][known[s]] for p in text_probes}
+                             if s in known else _baked_scores(sides, queries, text_probes, s)}
                             for s in config.strengths]
     saved = epoch_adapters(run_dir) if run_dir is not None else []
     if text_probes and saved and student.capabilities.adapters and adapter is not None:

@@ -50,17 +50,22 @@ class Sides:
 
     def sample(self, side: str, queries: Sequence[Query], sampling: SamplingConfig,
                strength: float = 1.0) -> list[Sample]:
-        """One sample per query from ``side``."""
+        """One sample per query from ``side`` (the first of ``sampling.n``)."""
+        return [group[0] for group in self.sample_groups(side, queries, sampling, strength)]
+
+    def sample_groups(self, side: str, queries: Sequence[Query], sampling: SamplingConfig,
+                      strength: float = 1.0) -> list[list[Sample]]:
+        """``sampling.n`` samples per query from ``side``."""
         prompted = side in ("prompted", "reprompted")
         pre = self.prefixes(queries, prompted)
-        out: list[Sample] = []
+        out: list[list[Sample]] = []
         with counter(len(queries), f"answers ({side})", self.show_progress, unit="query") as bar:
-            for part in batches(pre, 16):
+            for part in batches(pre, max(1, 16 // sampling.n)):
                 if side == "prompted":
                     got = self.teacher.generate(part, sampling)
                 else:
                     got = self.student.generate(part, sampling, strength=0.0 if side == "base" else strength)
-                out.extend(group[0] for group in got)
+                out.extend(got)
                 bar.update(len(part))
         return out
 
@@ -132,10 +137,27 @@ def probe_scores(probes: Sequence[Probe], rows: Sequence[dict[str, str]], names:
     return out
 
 
+def sampled_probe_scores(probes: Sequence[Probe], sides: Sides, queries: Sequence[Query],
+                         samples: dict[str, list[list[Sample]]]) -> dict[str, dict[str, float]]:
+    """``{probe label: {side: score}}`` over every sampled answer of each side (text probes only).
+
+    Greedy answers show each model's single most likely reply; a bake matches the
+    prompted model's *distribution*, which these scores compare.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for probe in probes:
+        scores = out.setdefault(probe.label, {})
+        for side, groups in samples.items():
+            rows = [{"question": q.text, side: sides.text(s)} for q, group in zip(queries, groups) for s in group]
+            scores.update(probe.evaluate(rows, [side]))
+    return out
+
+
 def on_policy(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig, top_k: int,
-              batch_size: int = 8) -> dict[str, Any] | None:
+              batch_size: int = 8, samples: dict[str, list[Sample]] | None = None) -> dict[str, Any] | None:
     """KL(prompted || base) on the base model's own samples and KL(prompted || baked) on the baked
-    model's, with the gap closed; None when the teacher cannot score."""
+    model's, with the gap closed; None when the teacher cannot score. ``samples`` holds samples
+    already drawn per side (one per query), used instead of sampling again."""
     tc = sides.teacher.capabilities
     if not tc.can_score:
         return None
@@ -145,7 +167,8 @@ def on_policy(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig, 
     for name in ("base", "baked"):
         if name == "base" and not full:
             continue  # the base's distribution on its own samples needs the base model's full logits
-        trajs = trajectories_of(sides.renderer, queries, sides.sample(name, queries, sampling))
+        drawn = (samples or {}).get(name) or sides.sample(name, queries, sampling)
+        trajs = trajectories_of(sides.renderer, queries, drawn)
         tally = tallies[name] = Tally(full)
         for part in batches(trajs, batch_size):
             prompted = BatchTargets.concat(sides.teacher.score(part, top_k=top_k, full=full, side="prompted"))

@@ -137,7 +137,11 @@ def _echo_eval(e: dict[str, Any]) -> None:
         click.echo(f"On the models' own samples: KL(prompted||base) {gap['kl_prompted_base']:.4f} -> "
                    f"KL(prompted||baked) {gap['kl_prompted_baked']:.4f}: {100 * gap['gap_closed']:.1f}% closed")
     for label, scores in (e.get("probes") or {}).items():
-        click.echo(f"Probe {label}: " + ", ".join(f"{side} {100 * v:.0f}%" for side, v in scores.items()))
+        click.echo(f"Probe {label} (greedy answers): "
+                   + ", ".join(f"{side} {100 * v:.0f}%" for side, v in scores.items()))
+    for label, scores in (e.get("probes_sampled") or {}).items():
+        click.echo(f"Probe {label} ({e.get('probe_samples', '?')} sampled answers per query): "
+                   + ", ".join(f"{side} {100 * v:.0f}%" for side, v in scores.items()))
     for row in e.get("strengths") or []:
         click.echo(f"  strength {row['strength']:g}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in row["probes"].items()))
 
@@ -150,11 +154,13 @@ def _echo_eval(e: dict[str, Any]) -> None:
                    "default: the probes the bake used).")
 @click.option("--strengths", metavar="S,S,...", help="Adapter scales for the half-baking curve, e.g. 0,0.25,0.5,1.")
 @click.option("--reprompt", is_flag=True, help="Also answer with the baked model plus the prompt (re-prompting).")
+@click.option("--probe-samples", type=int, metavar="N",
+              help="Sampled answers per held-out query and model for the sampled probe scores (0: none).")
 @click.option("--max-heldout", type=int, help="Evaluate on at most this many held-out queries.")
 @click.option("--no-report", is_flag=True, help="Do not rewrite report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(run_dir: str, prompt: str | None, probes: tuple[str, ...], strengths: str | None, reprompt: bool,
-          max_heldout: int | None, no_report: bool, quiet: bool) -> None:
+          probe_samples: int | None, max_heldout: int | None, no_report: bool, quiet: bool) -> None:
     """Evaluate the bake in RUN_DIR on held-out queries; rewrite eval.json, answers.jsonl and report.html."""
     from .fidelity import evaluate_run
 
@@ -170,6 +176,8 @@ def eval_(run_dir: str, prompt: str | None, probes: tuple[str, ...], strengths: 
         settings["reprompt"] = True
     if max_heldout is not None:
         settings["max_heldout"] = max_heldout
+    if probe_samples is not None:
+        settings["probe_samples"] = probe_samples
     if not Path(run_dir, "config.json").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json).")
     metrics = evaluate_run(run_dir, read_prompt(prompt) if prompt is not None else None,

@@ -68,6 +68,7 @@ class BakeConfig:
     probes: list[str] = field(default_factory=list)  # probe specs, e.g. ["language=fr", "max_length=40"]
     strengths: list[float] = field(default_factory=list)  # adapter scales at which to score the probes
     reprompt: bool = False  # also answer with the baked model plus the prompt (re-prompting)
+    probe_samples: int = 2  # sampled answers per held-out query and side for the sampled probe scores
     save_epochs: bool = True  # keep each epoch's adapter in RUN/epochs/ (half-baking by early stopping)
 
     _POSITIVE = ("samples_per_query", "max_new_tokens", "top_k", "epochs",
@@ -116,6 +117,9 @@ class BakeConfig:
         if not isinstance(self.strengths, list) or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in self.strengths):
             raise ConfigError(f"strengths must be a list of numbers between 0 and 1, got {self.strengths!r}.")
+        if isinstance(self.probe_samples, bool) or not isinstance(self.probe_samples, int) \
+                or self.probe_samples < 0:
+            raise ConfigError(f"probe_samples must be a whole number >= 0, got {self.probe_samples!r}.")
         if isinstance(self.on_policy, bool) or not isinstance(self.on_policy, int | float) \
                 or not 0 <= self.on_policy <= 1:
             raise ConfigError(f"on_policy must be a fraction between 0 and 1, got {self.on_policy!r}.")

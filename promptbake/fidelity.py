@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from .types import Query
 
 ANSWERS_FILE = "answers.jsonl"
 EPOCHS_DIR = "epochs"
+# The keys of eval.json that behaviour_metrics writes.
+BEHAVIOUR_KEYS = ("answers", "probes", "probes_sampled", "probe_samples", "on_policy", "strengths", "epochs")
 
 
 def epoch_adapters(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -61,10 +64,18 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
     sampling = SamplingConfig(n=1, temperature=config.temperature, top_p=config.top_p,
                               max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
                               seed=config.seed + 1, stop_ids=list(renderer.stop_ids))
-    gap = behaviour.on_policy(sides, queries, sampling, config.top_k, config.score_batch_size)
+    text_probes = [p for p in probes if not p.needs_model]
+    drawn: dict[str, list[list[Any]]] = {}
+    if text_probes and config.probe_samples:
+        # Sampled answers at the bake's temperature; the on-policy gap reuses the first of each.
+        many = replace(sampling, n=config.probe_samples)
+        drawn = {side: sides.sample_groups(side, queries, many) for side in behaviour.SIDES}
+        out["probes_sampled"] = behaviour.sampled_probe_scores(text_probes, sides, queries, drawn)
+        out["probe_samples"] = config.probe_samples
+    gap = behaviour.on_policy(sides, queries, sampling, config.top_k, config.score_batch_size,
+                              {side: [g[0] for g in groups] for side, groups in drawn.items()})
     if gap is not None:
         out["on_policy"] = gap
-    text_probes = [p for p in probes if not p.needs_model]
     if text_probes and config.strengths and student.capabilities.adapters:
         # Strength 0 is the base side and 1 the baked side, both already answered above.
         known = {0: "base", 1: "baked"}
@@ -135,6 +146,8 @@ def evaluate_run(run_dir: str | Path, prompt: str | None = None, *, report: bool
         tc = teacher.capabilities
         if held and tc.can_score and tc.full_logits:
             metrics.update(heldout_metrics(teacher, student, held, cfg.top_k, cfg.score_batch_size, cfg.progress))
+        for key in BEHAVIOUR_KEYS:  # measured again below; a setting turned off must not leave old figures
+            metrics.pop(key, None)
         metrics.update(behaviour_metrics(teacher, student, renderer, heldout, cfg, run.path, adapter))
         write_json(old, metrics)
     finally:

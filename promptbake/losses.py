@@ -100,5 +100,10 @@ class FullKLLoss(Loss):
             s = torch.log_softmax(logits[start:start + self.chunk_size].float(), dim=-1)
             t = teacher[start:start + self.chunk_size].to(logits.device).float()
             p = t.exp()
-            out.append(torch.where(p > 0, p * (t - s), torch.zeros_like(s)).sum(-1))
+            # sum p (t - s) as two row dot products: no [rows, V] product tensor is kept
+            # for the backward pass, only p and s (memory is what chunking is for).
+            # Where p = 0 (t = -inf), 0 * log 0 counts as 0, not NaN. (Not in place: t may be
+            # the caller's float32 targets themselves.)
+            entropy = torch.bmm(p.unsqueeze(1), t.nan_to_num(neginf=0.0).unsqueeze(2)).view(-1)
+            out.append(entropy - torch.bmm(p.unsqueeze(1), s.unsqueeze(2)).view(-1))
         return torch.cat(out) if out else logits.new_zeros(0)

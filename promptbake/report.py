@@ -294,8 +294,20 @@ def plot_positions(data: dict[str, Any]) -> Any:
     return fig
 
 
+def _probe_bars(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Greedy and, when measured, sampled probe scores, one bar group each."""
+    greedy, sampled = _probe_table(ev.get("probes")), _probe_table(ev.get("probes_sampled"))
+    if not sampled:
+        return greedy
+    n = ev.get("probe_samples")
+    out = {f"{name}\ngreedy": scores for name, scores in greedy.items()}
+    out.update({f"{name}\nsampled" + (f" (x{n})" if isinstance(n, int) else ""): scores
+                for name, scores in sampled.items()})
+    return dict(sorted(out.items(), key=lambda kv: kv[0].split("\n")[0]))  # a probe's groups side by side
+
+
 def plot_probes(data: dict[str, Any]) -> Any:
-    probes = _probe_table(data["eval"].get("probes"))
+    probes = _probe_bars(data["eval"])
     if not probes:
         return None
     names = list(probes)
@@ -376,7 +388,8 @@ PLOTS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, str]] = [
      "KL by response position: not measured."),
     ("probes", "Behaviour probes", plot_probes,
      ("The share of answers that pass each behaviour probe (for example, answered in French) for the "
-      "base, prompted and baked models."),
+      "base, prompted and baked models: their greedy answers (each model's single most likely reply) and, "
+      "when measured, answers sampled at the bake's temperature (the distribution the bake matches)."),
      "Behaviour probes: not measured."),
     ("strength", "Half-baking", plot_strength,
      ("Probe scores with the LoRA adapter scaled between 0 (the base model) and 1 (the full bake); "

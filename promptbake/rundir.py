@@ -120,7 +120,8 @@ def verified_dir(final: str | Path) -> Path | None:
 # Settings that may differ between a bake and its resumption: they change how it
 # runs or reports, not what it computes.
 RUNTIME_KEYS = frozenset({"progress", "overwrite", "resume", "out", "evaluate", "target_cache",
-                          "max_heldout", "score_batch_size", "probes", "strengths", "reprompt"})
+                          "max_heldout", "score_batch_size", "probes", "strengths", "reprompt",
+                          "probe_samples"})
 
 
 class RunDir:

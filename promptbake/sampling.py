@@ -12,8 +12,8 @@ import torch
 
 from .batching import batches
 from .interfaces import SamplingConfig
+from .prefix_cache import PrefixCache
 from .progress import progress
-from .scoring import PrefixCache
 from .types import Sample
 
 

@@ -6,7 +6,7 @@ every response position of a batch of trajectories, on one of the two sides.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import inspect
 import math
 from collections.abc import Sequence
@@ -15,6 +15,13 @@ from typing import Any
 import torch
 
 from .interfaces import Side
+from .prefix_cache import (
+    PREFIX_KWARG,
+    PrefixCache,
+    causal_mask,
+    shared_prefix_attention,
+    supports_shared_prefix,
+)
 from .types import Targets, Trajectory
 
 
@@ -74,53 +81,6 @@ def _accepts(model: Any, name: str) -> bool:
         return False
 
 
-def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest token prefix shared by all ``seqs``."""
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        tok = first[i]
-        if any(s[i] != tok for s in seqs):
-            return i
-    return n
-
-
-class PrefixCache:
-    """The KV cache of a token prefix that many sequences share (the rendered system prompt).
-
-    Computed once; each batch gets an expanded copy, so the prompt is never run
-    through the model again (its tokens are still attended to).
-    """
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.cache: Any = None
-
-    def usable(self, model: Any, seqs: Sequence[list[int]], limit: int, device: Any,
-               min_len: int = 8) -> int:
-        """Prepare a cached prefix for ``seqs`` (at most ``limit`` tokens); return its length."""
-        shared = min(common_prefix(seqs), limit)
-        if self.cache is not None:
-            keep = common_prefix([self.ids[:shared], seqs[0][:shared]]) if shared else 0
-            if keep >= min_len:
-                if keep < len(self.ids):  # only ever shrinks towards the truly shared part
-                    self.cache.crop(keep - len(self.ids))  # negative: tokens to drop (all versions)
-                    self.ids = self.ids[:keep]
-                return keep
-        if shared < min_len:
-            return 0
-        ids = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=device)
-        with torch.no_grad():  # a prefix cache serves scoring only
-            self.cache = model(input_ids=ids, use_cache=True).past_key_values
-        self.ids = list(seqs[0][:shared])
-        return shared
-
-    def expand(self, batch: int) -> Any:
-        cache = copy.deepcopy(self.cache)
-        cache.batch_repeat_interleave(batch)
-        return cache
-
-
 def response_logits(
     model: Any, trajectories: Sequence[Trajectory], side: Side, pad_id: int, device: Any,
     prefix: PrefixCache | None = None, hidden: bool = False,
@@ -139,39 +99,50 @@ def response_logits(
     # L - R + i, so it is predicted by row L - R - 1 + i.
     starts = [len(s) - r - 1 for s, r in zip(seqs, lengths)]
     shared, kwargs = 0, {}
+    attention: Any = contextlib.nullcontext()
     if prefix is not None:
         shared = prefix.usable(model, seqs, limit=min(starts), device=device)
-        if shared:
-            kwargs["past_key_values"] = prefix.expand(len(seqs))
     rest = [s[shared:] for s in seqs]
     starts = [st - shared for st in starts]
     width = max(len(s) for s in rest)
     ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rest), shared + width), dtype=torch.long)
-    mask[:, :shared] = 1
     for row, seq in enumerate(rest):
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, shared: shared + len(seq)] = 1
+    # Shared-prefix attention reads the one cached prompt; otherwise each row gets a copy.
+    in_place = bool(shared) and prefix is not None and supports_shared_prefix(model)
+    if in_place:
+        mask = causal_mask([len(s) for s in rest], width, device)
+        kwargs[PREFIX_KWARG] = prefix
+        attention = shared_prefix_attention(model)
+    else:
+        mask = torch.zeros((len(rest), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, seq in enumerate(rest):
+            mask[row, shared: shared + len(seq)] = 1
+        if shared:
+            kwargs["past_key_values"] = prefix.expand(len(seqs))  # type: ignore[union-attr]
     if shared:
         kwargs["position_ids"] = torch.arange(shared, shared + width, device=device).expand(len(rest), -1)
     # One gather for all rows: per-row slicing would make autograd zero-fill a
     # [B, T, V] gradient once per row in the backward pass.
     b_idx = torch.cat([torch.full((r,), b, dtype=torch.long) for b, r in enumerate(lengths)]).to(device)
     p_idx = torch.cat([torch.arange(s, s + r) for s, r in zip(starts, lengths)]).to(device)
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": bool(shared)}
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+              "use_cache": bool(shared) and not in_place}
     split = split_head(model)
-    if split is not None:  # hidden states of the response rows only, then the output layer
-        decoder, head = split
-        rows = decoder(**inputs, **kwargs).last_hidden_state[b_idx, p_idx]
-        return (rows if hidden else head(rows)), lengths
-    if hidden:
-        raise ValueError("this model's output layer cannot be split from its decoder")
-    offset = 0
-    if _accepts(model, "logits_to_keep"):
-        lo, hi = int(p_idx.min()), int(p_idx.max()) + 1
-        kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
-        offset = lo
-    return model(**inputs, **kwargs).logits[b_idx, p_idx - offset], lengths
+    with attention:
+        if split is not None:  # hidden states of the response rows only, then the output layer
+            decoder, head = split
+            rows = decoder(**inputs, **kwargs).last_hidden_state[b_idx, p_idx]
+            return (rows if hidden else head(rows)), lengths
+        if hidden:
+            raise ValueError("this model's output layer cannot be split from its decoder")
+        offset = 0
+        if _accepts(model, "logits_to_keep"):
+            lo, hi = int(p_idx.min()), int(p_idx.max()) + 1
+            kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
+            offset = lo
+        return model(**inputs, **kwargs).logits[b_idx, p_idx - offset], lengths
 
 
 def split_head(model: Any) -> tuple[Any, Any] | None:

@@ -56,6 +56,12 @@ def test_a_bake_ends_with_answers_probes_on_policy_and_curves(baked):
         assert set(scores) == {"base", "prompted", "baked"}, label
         assert all(0 <= v <= 1 for v in scores.values())
     assert all(round(v * 24) == pytest.approx(v * 24) for v in e["probes"]["multiple_choice"].values())
+    # Sampled answers (2 per query by default) for the text probes; the choice probe needs no answers.
+    n = e["probe_samples"] * bake_settings["max_heldout"]
+    assert e["probe_samples"] == 2 and set(e["probes_sampled"]) == {"max_length=6", "regex=(?i)a"}
+    for label, scores in e["probes_sampled"].items():
+        assert set(scores) == {"base", "prompted", "baked"}, label
+        assert all(round(v * n) == pytest.approx(v * n) for v in scores.values())
     gap = e["on_policy"]
     assert gap["kl"] == "full" and gap["tokens_base"] > 0 and gap["tokens_baked"] > 0
     assert gap["gap_closed"] == pytest.approx(1 - gap["kl_prompted_baked"] / gap["kl_prompted_base"])
@@ -129,3 +135,33 @@ def test_strengths_and_probes_are_validated():
         Baker(PROMPT, probes="language=fr")
     with pytest.raises(PromptbakeError, match="Unknown probe"):  # before any model loads
         Baker(PROMPT, model="no-such-model", probes=["nope=1"]).check()
+
+
+def test_sampled_probe_scores_count_every_sample():
+    from helpers import make_tokenizer
+
+    from promptbake.behaviour import Sides, sampled_probe_scores
+    from promptbake.probes import parse_probes
+    from promptbake.render import Renderer
+    from promptbake.types import Query, Sample
+
+    tok = make_tokenizer("smollm2")
+    sides = Sides(None, None, Renderer(tok, PROMPT))  # type: ignore[arg-type]
+    queries = [Query(f"q{i}", ({"role": "user", "content": f"Question {i}?"},)) for i in range(2)]
+
+    def said(text: str) -> Sample:
+        return Sample(tok(text, add_special_tokens=False)["input_ids"], True)
+
+    samples = {"prompted": [[said("Arr matey"), said("Arr")], [said("Arr"), said("Hello there")]],
+               "baked": [[said("Hello"), said("Hi")], [said("Hey"), said("Arr")]]}
+    scores = sampled_probe_scores(parse_probes(["starts_with=Arr"]), sides, queries, samples)
+    assert scores == {"starts_with=Arr": {"prompted": 0.75, "baked": 0.25}}
+
+
+def test_probe_samples_zero_skips_the_sampled_scores_and_bad_values_are_refused(baked):
+    spec, result = baked
+    e = evaluate_run(result.run_dir, PROMPT, report=False, probes=["max_length=6"], probe_samples=0,
+                     progress=False)
+    assert "probes_sampled" not in e and e["probes"]["max_length=6"] and "on_policy" in e
+    with pytest.raises(ConfigError, match="probe_samples must be a whole number"):
+        Baker(PROMPT, model=spec, probe_samples=-1)

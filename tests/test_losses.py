@@ -46,6 +46,26 @@ def test_full_kl_matches_torch_kl_div_and_its_gradient():
     torch.testing.assert_close(grad, torch.softmax(s, -1) - t_logp.exp(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_full_kl_gives_teacher_zeros_no_weight_and_no_nan(dtype):
+    # A teacher with exactly zero probability on some tokens (log p = -inf, e.g. masked
+    # tokens or fp16 underflow) contributes 0 * log 0 = 0 there.
+    t_logp, targets = _teacher()
+    t_logp = t_logp.clone()
+    t_logp[:, :7] = float("-inf")
+    t_logp = torch.log_softmax(t_logp, -1)
+    t_logp = t_logp.to(dtype)
+    targets.full_logprobs = t_logp.clone()
+    s = _student()
+    ours = FullKLLoss(chunk_size=5).per_token(s, targets)
+    (grad,) = torch.autograd.grad(ours.sum(), s)
+    assert torch.isfinite(ours).all() and torch.isfinite(grad).all()
+    p = t_logp.float().exp()
+    ref = (p * (t_logp.float().nan_to_num(neginf=0.0) - torch.log_softmax(s, -1))).sum(-1)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(targets.full_logprobs, t_logp)  # the targets are not modified (reused every epoch)
+
+
 def test_full_kl_chunking_does_not_change_values():
     _, targets = _teacher()
     s = _student()

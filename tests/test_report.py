@@ -68,6 +68,8 @@ def make_run(root: Path, name: str = "french", full: bool = True) -> Path:
                            "distinct_2": 0.78} for k, side in enumerate(["base", "prompted", "baked", "reprompted"])},
         "probes": {"language=fr": {"base": 0.02, "prompted": 0.92, "baked": 0.90, "reprompted": 0.95},
                    "no_emoji": {"base": 0.5, "prompted": 0.97, "baked": None}},
+        "probes_sampled": {"language=fr": {"base": 0.03, "prompted": 0.85, "baked": 0.84}},
+        "probe_samples": 4,
         "strengths": [{"strength": s, "probes": {"language=fr": 0.02 + 0.88 * s * s, "no_emoji": 0.5 + 0.4 * s}}
                       for s in (0.0, 0.25, 0.5, 0.75, 1.0)],
         "epochs": [{"epoch": e, "probes": {"language=fr": p}} for e, p in ((1, 0.6), (2, 0.85), (3, 0.9))],
@@ -127,7 +129,7 @@ def test_partial_and_odd_data(tmp_path):
     run = make_run(tmp_path)
     write_report(run)
     ev = json.loads((run / "eval.json").read_text())
-    for key in ("strengths", "epochs", "probes"):
+    for key in ("strengths", "epochs", "probes", "probes_sampled"):
         del ev[key]
     ev["on_policy"] = {"kl": "top-20 with tail (a lower bound)", "kl_prompted_baked": 0.07}  # no base side
     ev["gap_closed"] = float("nan")
@@ -249,3 +251,14 @@ def test_report_renders_in_chromium(tmp_path):
     assert shot.is_file(), result.stderr[-2000:]
     png = shot.read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 50_000
+
+
+def test_probe_bars_put_greedy_and_sampled_scores_of_a_probe_side_by_side():
+    from promptbake.report import _probe_bars
+
+    greedy = {"language=fr": {"prompted": 0.7, "baked": 0.8}, "max_length=20": {"prompted": 0.25, "baked": 0.38}}
+    assert _probe_bars({"probes": greedy}) == greedy
+    bars = _probe_bars({"probes": greedy, "probes_sampled": {"max_length=20": {"prompted": 0.23, "baked": 0.24}},
+                        "probe_samples": 4})
+    assert list(bars) == ["language=fr\ngreedy", "max_length=20\ngreedy", "max_length=20\nsampled (x4)"]
+    assert bars["max_length=20\nsampled (x4)"] == {"prompted": 0.23, "baked": 0.24}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import make_tiny_llama, make_tokenizer
 
+from promptbake.prefix_cache import PrefixCache, common_prefix
 from promptbake.render import Renderer
-from promptbake.scoring import PrefixCache, common_prefix, logits_to_targets, response_logits
+from promptbake.scoring import logits_to_targets, response_logits
 from promptbake.types import Prefix, Query
 
 LONG_PROMPT = "You are a pirate. " * 20
@@ -163,3 +165,65 @@ def test_whole_model_fallback_matches_the_split_path():
     assert split_head(model) is None
     whole, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
     torch.testing.assert_close(whole, split, rtol=1e-4, atol=1e-5)
+
+
+def _tiny_qwen3(tok):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    return Qwen3ForCausalLM(config).to(torch.float32).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_shared_prefix_attention_matches_a_full_forward_without_copying_the_cache(arch, fused, monkeypatch):
+    import promptbake.prefix_cache as prefix_mod
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok) if arch == "llama" else _tiny_qwen3(tok)
+    trajs = _trajectories(tok, 7)  # responses of different lengths: right padding inside the batch
+    plain, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    monkeypatch.setattr(prefix_mod, "FUSED_CPU", fused)
+    monkeypatch.setattr(prefix_mod, "SCORE_BLOCK", 2000)  # several row blocks on the unfused path
+    # The shared path reads the one cached prefix: an expanded copy would be a regression.
+    monkeypatch.setattr(PrefixCache, "expand", lambda self, n: pytest.fail("prefix copied per batch"))
+    assert prefix_mod.supports_shared_prefix(model)
+    cache = PrefixCache()
+    got = torch.cat([response_logits(model, part, "prompted", tok.pad_token_id, "cpu", cache)[0]
+                     for part in (trajs[:3], trajs[3:])])
+    assert len(cache.ids) > 20
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # restored after scoring
+
+
+def test_models_outside_the_list_keep_the_expanded_cache(monkeypatch):
+    import promptbake.prefix_cache as prefix_mod
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 4)
+    plain, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    monkeypatch.setattr(prefix_mod, "SHARED_PREFIX_MODELS", set())
+    copies = []
+    expand = PrefixCache.expand
+    monkeypatch.setattr(PrefixCache, "expand", lambda self, n: copies.append(n) or expand(self, n))
+    got, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu", PrefixCache())
+    assert copies == [4]
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+    model.config.sliding_window = 16  # a sliding window changes what the prefix part may see
+    monkeypatch.setattr(prefix_mod, "SHARED_PREFIX_MODELS", {"llama"})
+    assert not prefix_mod.supports_shared_prefix(model)
+
+
+def test_attention_implementation_is_restored_when_the_forward_fails():
+    from promptbake.prefix_cache import shared_prefix_attention
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    with pytest.raises(RuntimeError), shared_prefix_attention(model):
+        assert model.config._attn_implementation != "sdpa"
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"

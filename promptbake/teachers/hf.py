@@ -16,8 +16,9 @@ from .. import models
 from ..batching import batches
 from ..config import BakeConfig
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
+from ..prefix_cache import PrefixCache
 from ..sampling import sample_rows
-from ..scoring import PrefixCache, logits_to_targets, response_logits
+from ..scoring import logits_to_targets, response_logits
 from ..types import Prefix, Sample, Targets, Trajectory
 
 

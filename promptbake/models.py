@@ -7,6 +7,7 @@ its adapter to that copy and the teacher runs it with the adapter disabled.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -32,8 +33,15 @@ def hide_loading_bars() -> None:
 
     hf_logging.disable_progress_bar()
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    # transformers' GGUF loader uses a plain tqdm bar; tqdm reads this default at each bar.
+    # transformers' GGUF loader uses a plain tqdm bar. tqdm reads TQDM_DISABLE only when it is
+    # first imported, so the loader's bar is also switched off where it is made.
     os.environ["TQDM_DISABLE"] = "1"
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_loader
+    except ImportError:  # no gguf support installed: no GGUF bar either
+        return
+    if not isinstance(gguf_loader.tqdm, functools.partial):
+        gguf_loader.tqdm = functools.partial(gguf_loader.tqdm, disable=True)
 
 
 def embedded_gguf(name: str) -> tuple[str, str]:

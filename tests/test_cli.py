@@ -161,3 +161,17 @@ def test_resume_refusals(tmp_path):
     assert_one_sentence_error(run_cli("bake", "--resume", "run", "-p", "Be brief.", "-c", "x.toml", cwd=tmp_path),
                               "drop --config")
     assert json.loads((run / "config.json").read_text())["epochs"] == 3  # untouched
+
+
+def test_quiet_switches_off_the_gguf_loaders_bar_after_tqdm_is_imported(capsys):
+    import tqdm  # noqa: F401  (imported before: TQDM_DISABLE alone would come too late)
+    from transformers import modeling_gguf_pytorch_utils as gguf_loader
+
+    from promptbake.models import hide_loading_bars
+
+    hide_loading_bars()
+    hide_loading_bars()  # idempotent: not wrapped twice
+    for _ in gguf_loader.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+    assert "de-quantizing" not in capsys.readouterr().err
+    assert gguf_loader.tqdm.keywords == {"disable": True} and not isinstance(gguf_loader.tqdm.func, type(gguf_loader.tqdm))

@@ -84,11 +84,15 @@ class PrefixCache:
         return entry.keys, entry.values
 
 
+def unwrapped(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports_shared_prefix(model: Any) -> bool:
     """Whether ``model`` (a transformers causal LM, possibly inside PEFT) can score with
     shared-prefix attention."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
+    config = getattr(unwrapped(model), "config", None)
     if config is None or getattr(config, "model_type", None) not in SHARED_PREFIX_MODELS:
         return False
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
@@ -102,8 +106,7 @@ def supports_shared_prefix(model: Any) -> bool:
 def shared_prefix_attention(model: Any) -> Iterator[None]:
     """Route the model's attention through :func:`shared_prefix_forward` inside the block."""
     _register()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
+    config = unwrapped(model).config
     before = config._attn_implementation
     config._attn_implementation = ATTENTION_NAME
     try:

@@ -21,6 +21,7 @@ from .prefix_cache import (
     causal_mask,
     shared_prefix_attention,
     supports_shared_prefix,
+    unwrapped,
 )
 from .types import Targets, Trajectory
 
@@ -68,15 +69,10 @@ def sparse_targets(
     )
 
 
-def _base(model: Any) -> Any:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _accepts(model: Any, name: str) -> bool:
     # A PEFT wrapper forwards extra keyword arguments to the model it wraps.
     try:
-        return name in inspect.signature(_base(model).forward).parameters
+        return name in inspect.signature(unwrapped(model).forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -154,7 +150,7 @@ def split_head(model: Any) -> tuple[Any, Any] | None:
     """
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return None  # a soft prefix is added in the PEFT wrapper's forward, which the decoder alone skips
-    base = _base(model)
+    base = unwrapped(model)
     config = getattr(base, "config", None)
     if any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier")):
         return None

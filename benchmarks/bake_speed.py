@@ -56,35 +56,46 @@ def system_prompt(tokenizer, n_tokens: int) -> str:
     return tokenizer.decode(ids)
 
 
-def naive_train(student: PeftStudent, trajectories, epochs: int, batch_size: int, seed: int) -> float:
-    """Seed 000's loop: teacher recomputed each step, full-vocabulary KL over [B, T, V]."""
+def naive_step(student: PeftStudent, part) -> None:
+    """One optimizer step of seed 000: the prompted teacher (the student with its adapter
+    disabled) recomputed over the whole prompt, then the KL over full [B, T, V] logits."""
     h = student.handle
     model = h.peft_model
+    width_p = max(len(t.prompted_ids) for t in part)
+    width_u = max(len(t.unprompted_ids) for t in part)
+    pid = torch.full((len(part), width_p), h.tokenizer.pad_token_id)
+    uid = torch.full((len(part), width_u), h.tokenizer.pad_token_id)
+    for b, t in enumerate(part):
+        pid[b, : len(t.prompted_ids)] = torch.tensor(t.prompted_ids)
+        uid[b, : len(t.unprompted_ids)] = torch.tensor(t.unprompted_ids)
+    with torch.no_grad(), model.disable_adapter():
+        t_logits = model(input_ids=pid).logits  # [B, T, V], the whole prompt every step
+    s_logits = model(input_ids=uid).logits
+    t_rows = torch.cat([t_logits[b, t.prompted_prefix_len - 1: len(t.prompted_ids) - 1] for b, t in enumerate(part)])
+    s_rows = torch.cat([s_logits[b, t.unprompted_prefix_len - 1: len(t.unprompted_ids) - 1] for b, t in enumerate(part)])
+    loss = torch.nn.functional.kl_div(torch.log_softmax(s_rows, -1), torch.log_softmax(t_rows, -1),
+                                      log_target=True, reduction="sum") / t_rows.shape[0]
+    loss.backward()
+    student.optimizer.step()
+    student.scheduler.step()
+    student.optimizer.zero_grad(set_to_none=True)
+
+
+def naive_train(student: PeftStudent, trajectories, epochs: int, batch_size: int, seed: int,
+                plan: list[list[list[int]]] | None = None) -> float:
+    """Seed 000's loop: teacher recomputed each step, full-vocabulary KL over [B, T, V].
+
+    Batches are its own shuffle of each epoch, or ``plan`` (per epoch, lists of indices)
+    to train on exactly the batches another run used.
+    """
     rng = random.Random(seed)
     order = list(range(len(trajectories)))
     start = time.perf_counter()
-    for _ in range(epochs):
-        rng.shuffle(order)
-        for mb in batches(order, batch_size):
-            part = [trajectories[i] for i in mb]
-            width_p = max(len(t.prompted_ids) for t in part)
-            width_u = max(len(t.unprompted_ids) for t in part)
-            pid = torch.full((len(part), width_p), h.tokenizer.pad_token_id)
-            uid = torch.full((len(part), width_u), h.tokenizer.pad_token_id)
-            for b, t in enumerate(part):
-                pid[b, : len(t.prompted_ids)] = torch.tensor(t.prompted_ids)
-                uid[b, : len(t.unprompted_ids)] = torch.tensor(t.unprompted_ids)
-            with torch.no_grad(), model.disable_adapter():
-                t_logits = model(input_ids=pid).logits  # [B, T, V], the whole prompt every step
-            s_logits = model(input_ids=uid).logits
-            t_rows = torch.cat([t_logits[b, t.prompted_prefix_len - 1: len(t.prompted_ids) - 1] for b, t in enumerate(part)])
-            s_rows = torch.cat([s_logits[b, t.unprompted_prefix_len - 1: len(t.unprompted_ids) - 1] for b, t in enumerate(part)])
-            loss = torch.nn.functional.kl_div(torch.log_softmax(s_rows, -1), torch.log_softmax(t_rows, -1),
-                                              log_target=True, reduction="sum") / t_rows.shape[0]
-            loss.backward()
-            student.optimizer.step()
-            student.scheduler.step()
-            student.optimizer.zero_grad(set_to_none=True)
+    for epoch in range(epochs):
+        if plan is None:
+            rng.shuffle(order)
+        for mb in batches(order, batch_size) if plan is None else plan[epoch]:
+            naive_step(student, [trajectories[i] for i in mb])
     return time.perf_counter() - start
 
 
@@ -125,16 +136,51 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def rss_mode(mode: str, tokens: int) -> None:
-    """Subprocess: forward+backward of full_kl at ``tokens`` response positions (or, for
-    ``decoder``, of the decoder alone: what any loss adds to); print peak RSS.
+RSS_MODES = ("seed000", "promptbake", "naive", "chunked", "decoder")
 
-    The peak (VmHWM) is reset after the model is loaded, so the figure is the peak of
-    the loss step itself, and the increment over the loaded model is reported too.
+
+def rss_mode(mode: str, tokens: int, prompt_tokens: int, batch: int = 1) -> None:
+    """Subprocess: one full_kl step at ``tokens`` response positions; print its peak RSS.
+
+    Two pairs of modes. The whole steps, on one trajectory with a ``prompt_tokens``
+    system prompt and a LoRA student: ``seed000`` (the prompted teacher recomputed,
+    then full [T, V] logits and KL) and ``promptbake`` (the teacher scores once, its
+    targets are held as float16 as the cache stores them, then the student's chunked
+    full_kl step), each measured from the loaded model. The loss alone, with the
+    teacher's targets loaded beforehand: ``naive`` ([T, V] logits, log_softmax,
+    kl_div), ``chunked`` (FullKLLoss from hidden states) and ``decoder`` (the
+    decoder's forward and backward with no loss: the floor both share), on
+    ``batch`` sequences of ``tokens`` tokens.
+    The peak (VmHWM) is reset once the model is loaded; the increment over that
+    point is reported too.
     """
     from promptbake.interfaces import BatchTargets
     from promptbake.losses import FullKLLoss
     from promptbake.scoring import split_head
+
+    if mode in ("seed000", "promptbake"):
+        handle = models.load("smollm2-135m", "float32", "cpu")
+        prompt = system_prompt(handle.tokenizer, prompt_tokens)
+        config = BakeConfig(prompt=prompt, model="smollm2-135m", dtype="float32", device="cpu", progress=False)
+        student = PeftStudent()
+        student.setup(config, 1)
+        filler = handle.tokenizer("The answer is simple and short. " * (tokens // 4), add_special_tokens=False)
+        renderer = Renderer(handle.tokenizer, prompt, max_length=prompt_tokens + tokens + 256)
+        traj = renderer.trajectory(load_queries(None, "train", 1)[0], filler["input_ids"][:tokens], 0)
+        teacher = HFTeacher()
+        teacher.setup(config)  # the same weights as the student (one copy), its adapter disabled
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
+        base = _vm("VmRSS")
+        if mode == "seed000":
+            naive_step(student, [traj])
+        else:
+            targets = teacher.score([traj], top_k=None, full=True)[0]
+            targets.full_logprobs = targets.full_logprobs.half()  # as Baker.score holds them
+            student.step([[(traj, targets)]], FullKLLoss())
+        peak = _vm("VmHWM")
+        print(json.dumps({"peak_rss_mib": peak, "loaded_rss_mib": base, "increment_mib": peak - base,
+                          "response_tokens": traj.response_len, "prompted_tokens": len(traj.prompted_ids)}))
+        return
 
     handle = models.load("smollm2-135m", "float32", "cpu")
     model = handle.model
@@ -143,26 +189,26 @@ def rss_mode(mode: str, tokens: int) -> None:
     model.model.norm.weight.requires_grad_(True)
     vocab = model.config.vocab_size
     torch.manual_seed(0)
-    ids = torch.randint(0, vocab, (1, tokens))
-    teacher = torch.log_softmax(torch.randn(tokens, vocab), -1).half()  # cached fp16 targets
+    ids = torch.randint(0, vocab, (batch, tokens))
+    teacher = torch.log_softmax(torch.randn(batch * tokens, vocab), -1).half()  # cached fp16 targets
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
     base = _vm("VmRSS")
     if mode == "decoder":  # the floor both share: the decoder's forward, no loss at all
         decoder, _ = split_head(model)
         decoder(input_ids=ids).last_hidden_state.sum().backward()
     elif mode == "naive":
-        logits = model(input_ids=ids).logits[0]  # [T, V] fp32, then [T, V] temporaries
+        logits = model(input_ids=ids).logits.flatten(0, 1)  # [B*T, V] fp32, then [B*T, V] temporaries
         loss = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), teacher.float(),
                                           log_target=True, reduction="sum")
     else:
         decoder, head = split_head(model)
-        hidden = decoder(input_ids=ids).last_hidden_state[0]
-        loss = FullKLLoss().from_hidden(hidden, head, BatchTargets(sampled_ids=ids[0], full_logprobs=teacher),
-                                        1, chunk_size=128)
+        hidden = decoder(input_ids=ids).last_hidden_state.flatten(0, 1)
+        loss = FullKLLoss().from_hidden(hidden, head, BatchTargets(sampled_ids=ids.flatten(), full_logprobs=teacher),
+                                        1, chunk_size=FullKLLoss().chunk_size)
     if mode != "decoder":
         loss.backward()
     peak = _vm("VmHWM")
-    print(json.dumps({"peak_rss_mib": peak, "loaded_rss_mib": base, "increment_mib": peak - base}))
+    print(json.dumps({"peak_rss_mib": peak, "loaded_rss_mib": base, "increment_mib": peak - base, "batch": batch}))
 
 
 def main() -> None:
@@ -176,16 +222,25 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=16)
     ap.add_argument("--score-lengths", default="0,512,2048")
     ap.add_argument("--rss-tokens", type=int, default=1024)
+    ap.add_argument("--rss-batch", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS measurements.")
+    ap.add_argument("--wide-scoring", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also time scoring on a wider random-weight model (default: on).")
+    ap.add_argument("--wide-only", action="store_true", help="Only the wider model's scoring times.")
     ap.add_argument("--seed", type=int, default=0, help="Seed of generation, LoRA init and batch order.")
     ap.add_argument("--default-and-naive", action="store_true",
                     help="Run only the default and naive variants (to see how held-out KL moves with --seed).")
-    ap.add_argument("--extra-k", default="64,256",
+    ap.add_argument("--extra-k", default="20,64",
                     help="Also run the default path with these top-K widths (comma-separated; empty: none).")
     ap.add_argument("--json", default="benchmarks/results/bake_speed.json")
-    ap.add_argument("--rss-mode", choices=["naive", "chunked", "decoder"], help=argparse.SUPPRESS)
+    ap.add_argument("--rss-mode", choices=RSS_MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss_only:
+        rss = measure_rss(args)
+        print(json.dumps({"full_kl_rss_mib": rss, "ratios": rss_ratios(rss)}, indent=2))
+        return
     if args.rss_mode:
-        rss_mode(args.rss_mode, args.rss_tokens)
+        rss_mode(args.rss_mode, args.rss_tokens, args.prompt_tokens, args.rss_batch)
         return
 
     torch.manual_seed(0)
@@ -197,6 +252,11 @@ def main() -> None:
                         samples_per_query=args.samples, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
                         epochs=args.epochs, batch_size=args.batch_size, progress=False, lr=1e-3, seed=args.seed)
     steps = args.epochs * -(-args.queries * args.samples // args.batch_size)
+    if args.wide_only:
+        wide = wide_scoring(config, handle.tokenizer, load_queries(None, "train", 16), args)
+        print(json.dumps({"wide_scoring_s_per_trajectory": wide,
+                          "ratio_2048_over_0": _per(wide, "2048_reuse") / _per(wide, "0_reuse")}, indent=2))
+        return
     teacher = HFTeacher()
     teacher.setup(config)
     renderer = Renderer(handle.tokenizer, prompt, config.length_limit(handle.model.config.max_position_embeddings))
@@ -224,7 +284,8 @@ def main() -> None:
     t0 = time.perf_counter()
     baker.train(trajs, targets)
     default_train_s = time.perf_counter() - t0
-    results["default"] = {"score_s": score_s, "train_s": default_train_s, "total_s": score_s + default_train_s,
+    results["default"] = {"top_k": baker.config.top_k, "score_s": score_s, "train_s": default_train_s,
+                          "total_s": score_s + default_train_s,
                           **_kl(heldout_metrics(teacher, student, held, 20, 8, False))}
     student.close()
     print("default", json.dumps(results["default"]), flush=True)
@@ -285,23 +346,19 @@ def main() -> None:
         print(f"scoring at {n} prompt tokens: {scoring[str(n)]['per_trajectory_s']:.3f} s/traj plain, "
               f"{scoring[f'{n}_reuse']['per_trajectory_s']:.3f} with reuse", flush=True)
     results["scoring_s_per_trajectory"] = scoring
+    if args.wide_scoring:
+        results["wide_scoring_s_per_trajectory"] = wide_scoring(config, handle.tokenizer, queries, args)
 
-    # peak RSS, each in its own process
-    rss = {}
-    for mode in ("naive", "chunked", "decoder"):
-        out = subprocess.run([sys.executable, __file__, "--rss-mode", mode, "--rss-tokens", str(args.rss_tokens)],
-                             capture_output=True, text=True, check=True)
-        rss[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    results["full_kl_rss_mib"] = rss
+    results["full_kl_rss_mib"] = measure_rss(args)
     results["ratios"] = {
         "naive_over_default": results["naive"]["total_s"] / results["default"]["total_s"],
         "naive_over_default_full_kl": results["naive"]["total_s"] / results["default_full_kl"]["total_s"],
         "default_over_lower_bound": results["default"]["total_s"] / results["lower_bound"]["total_s"],
         "scoring_2048_over_0_with_reuse": _per(scoring, "2048_reuse") / _per(scoring, "0_reuse"),
         "scoring_2048_over_0_plain": _per(scoring, "2048") / _per(scoring, "0"),
-        "full_kl_peak_rss_chunked_over_naive": rss["chunked"]["peak_rss_mib"] / rss["naive"]["peak_rss_mib"],
-        "full_kl_rss_increment_chunked_over_naive": rss["chunked"]["increment_mib"] / rss["naive"]["increment_mib"],
-        "full_kl_peak_rss_floor_over_naive": rss["decoder"]["peak_rss_mib"] / rss["naive"]["peak_rss_mib"],
+        **({"wide_scoring_2048_over_0_with_reuse": _per(results["wide_scoring_s_per_trajectory"], "2048_reuse")
+            / _per(results["wide_scoring_s_per_trajectory"], "0_reuse")} if args.wide_scoring else {}),
+        **rss_ratios(results["full_kl_rss_mib"]),
     }
     naive_kl = results["naive"]["heldout_kl_baked"]
     for name in ["default", *[k for k in results if k.startswith("default_k")], "default_full_kl"]:
@@ -313,6 +370,60 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+WIDE = "bench-wide-llama"
+
+
+def wide_scoring(config: BakeConfig, tokenizer, queries, args: argparse.Namespace) -> dict:
+    """Scoring time with prefix reuse at each prompt length on a wider model (random weights,
+    SmolLM2's vocabulary; hidden 2,048, 8 layers, 32 heads, 8 KV heads): where attention to the
+    prompt is a smaller share of each token's work than in the 576-wide SmolLM2-135M."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=8,
+                        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                        tie_word_embeddings=True, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(shape).eval()
+    handle = models.ModelHandle(spec=WIDE, model=model, tokenizer=tokenizer, device="cpu")
+    models.register_handle(handle, "float32")
+    teacher = HFTeacher()
+    teacher.setup(replace(config, model=WIDE))
+    out = {}
+    for n in [int(x) for x in args.score_lengths.split(",")]:
+        out[f"{n}_reuse"] = time_scoring(teacher, tokenizer, queries, n, True, args.tokens)
+        print(f"wide model, scoring at {n} prompt tokens: {out[f'{n}_reuse']['per_trajectory_s']:.3f} s/traj "
+              f"with reuse", flush=True)
+    models.release(handle)  # the wide model's 0.5 B float32 weights
+    return out
+
+
+def measure_rss(args: argparse.Namespace) -> dict:
+    """Peak RSS of each mode in its own process: the loss alone on 1 and 8 sequences (the
+    decoder-only floor on 1), and the whole LoRA step on one sequence."""
+    runs = [(mode, 1) for mode in RSS_MODES] + [(mode, 8) for mode in ("naive", "chunked")]
+    rss = {}
+    for mode, batch in runs:
+        out = subprocess.run([sys.executable, __file__, "--rss-mode", mode, "--rss-tokens", str(args.rss_tokens),
+                              "--rss-batch", str(batch), "--prompt-tokens", str(args.prompt_tokens)],
+                             capture_output=True, text=True, check=True)
+        rss[f"{mode}_b{batch}"] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"peak RSS {mode} x{batch}: {rss[f'{mode}_b{batch}']['peak_rss_mib']:.0f} MiB", flush=True)
+    return rss
+
+
+def rss_ratios(rss: dict) -> dict:
+    out = {}
+    for b in (1, 8):
+        naive, chunked, floor = rss[f"naive_b{b}"], rss[f"chunked_b{b}"], rss.get(f"decoder_b{b}")
+        out[f"full_kl_peak_rss_chunked_over_naive_b{b}"] = chunked["peak_rss_mib"] / naive["peak_rss_mib"]
+        out[f"full_kl_rss_increment_chunked_over_naive_b{b}"] = chunked["increment_mib"] / naive["increment_mib"]
+        if floor is not None:
+            out[f"full_kl_peak_rss_floor_over_naive_b{b}"] = floor["peak_rss_mib"] / naive["peak_rss_mib"]
+    out["full_kl_step_peak_rss_promptbake_over_seed000"] = (rss["promptbake_b1"]["peak_rss_mib"]
+                                                            / rss["seed000_b1"]["peak_rss_mib"])
+    return out
 
 
 def _per(scoring: dict, key: str) -> float:

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/students.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="students-"))
-    common = dict(model="smollm2-135m", loss="topk_kl", max_queries=args.queries, max_heldout=args.heldout,
+    common = dict(model="smollm2-135m", loss="topk_kl", top_k=20, max_queries=args.queries, max_heldout=args.heldout,
                   samples_per_query=2, max_new_tokens=args.max_new_tokens, epochs=args.epochs, batch_size=8,
                   target_cache=str(work / "targets"), progress=False, device="cpu")
     runs = {

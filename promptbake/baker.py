@@ -11,7 +11,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ class Baker:
             **config.student_options)
         self.loss: Loss = registry.create(
             "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
+        if config.top_k is None:  # the teacher's default K, recorded in the run's config
+            self.config = config = replace(config, top_k=self.teacher.capabilities.default_top_k)
         self.run_dir: RunDir | None = None
         self.on_policy: OnPolicySampler | None = None  # set by run() when config.on_policy > 0
 
@@ -330,8 +332,11 @@ class Baker:
             return sample_targets
         out: list[Targets] = []
         for part in batches(trajectories, cfg.score_batch_size * 4):
-            out.extend(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
-                                          full=need == "full"))
+            got = self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None, full=need == "full")
+            for t in got:  # held as the cache stores them: a fresh bake and a cache hit train alike
+                if t.full_logprobs is not None:
+                    t.full_logprobs = t.full_logprobs.half()
+            out.extend(got)
             if on_batch is not None:
                 on_batch(len(part))
         return out

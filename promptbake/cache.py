@@ -4,7 +4,9 @@ Targets are computed once per bake and reused by every epoch; a later run that
 points at the same folder with the same key (model, teacher, prompt, target
 kind, K and the exact trajectories) reuses them instead of calling the teacher.
 Per response token a top-K entry costs 4K (int32 ids) + 4K (float32 log-probs)
-+ 4 (tail) + 4 (the sampled id) = 8K + 8 bytes.
++ 4 (tail) + 4 (the sampled id) = 8K + 8 bytes. Each shard holds one tensor per
+field for all its targets, so the safetensors header adds well under a byte per
+token.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ from .rundir import atomic_write, write_json
 from .types import Targets, Trajectory
 
 FIELDS = ("sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs", "weight")
+# Stored narrower than in memory. Full targets stay float16 once loaded too:
+# full_kl takes them to float32 a chunk at a time.
+STORED = {"sampled_ids": "int32", "full_logprobs": "float16"}
+LOADED = {"sampled_ids": "int64"}
+# Part of every key: a cache in an older layout is recomputed, not misread.
+FORMAT = 2
 
 
 def targets_key(*, model: str, teacher: str, prompt_sha256: str, kind: str, top_k: int | None,
                 trajectories: Sequence[Trajectory]) -> str:
     """A sha256 over everything that determines the targets."""
     h = hashlib.sha256()
-    h.update(json.dumps([model, teacher, prompt_sha256, kind, top_k]).encode())
+    h.update(json.dumps([FORMAT, model, teacher, prompt_sha256, kind, top_k]).encode())
     for t in trajectories:
         h.update(json.dumps([t.prompted_ids, t.response_len]).encode())
     return h.hexdigest()
@@ -58,22 +66,29 @@ class TargetStore:
         self.write_index(len(targets), key)
 
     def write_shard(self, n: int, targets: Sequence[Targets], key: str) -> None:
-        """Write shard ``n`` (targets ``n * shard_size`` onwards) atomically."""
+        """Write shard ``n`` (targets ``n * shard_size`` onwards) atomically: per field, one
+        tensor of all the targets' rows, and their row counts in ``lengths``."""
         import torch
         from safetensors.torch import save_file
 
+        from .interfaces import _pad_topk
+
         start = n * self.shard_size
-        tensors = {}
-        for i, t in enumerate(targets):
-            for name in FIELDS:
-                value = getattr(t, name)
-                if value is None:
-                    continue
-                if name == "full_logprobs":
-                    value = value.to(torch.float16)  # halves the largest target kind
-                elif name == "sampled_ids":
-                    value = value.to(torch.int32)
-                tensors[f"{start + i}.{name}"] = value.contiguous()
+        tensors = {"lengths": torch.tensor([len(t) for t in targets], dtype=torch.int64)}
+        for name in FIELDS:
+            parts = [getattr(t, name) for t in targets]
+            if all(p is None for p in parts):
+                continue
+            if name == "weight":  # a target without weights trains on every position
+                parts = [torch.ones(len(t)) if p is None else p for t, p in zip(targets, parts)]
+            elif any(p is None for p in parts):
+                raise ValueError(f"targets to cache disagree on whether they hold {name}")
+            if name in ("topk_ids", "topk_logprobs"):
+                parts = _pad_topk(parts, name)  # hosted teachers' rows can be narrower
+            value = torch.cat(parts)
+            if name in STORED:
+                value = value.to(getattr(torch, STORED[name]))
+            tensors[name] = value.contiguous()
         metadata = {"key": key, "start": str(start), "count": str(len(targets))}
         atomic_write(self.shard_path(n), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -108,6 +123,7 @@ class TargetStore:
 
     def read_shard(self, n: int, key: str, count: int) -> list[Targets] | None:
         """Shard ``n`` if it was written for ``key`` and holds ``count`` whole targets; else None."""
+        import torch
         from safetensors import safe_open
 
         path = self.shard_path(n)
@@ -117,20 +133,19 @@ class TargetStore:
                 meta = f.metadata() or {}
                 if meta.get("key") != key or meta.get("count") != str(count) or meta.get("start") != str(start):
                     return None
-                items: dict[int, dict[str, Any]] = {}
+                lengths = f.get_tensor("lengths").tolist()
+                fields = {}
                 for name in f.keys():  # noqa: SIM118 - safe_open is not iterable
-                    i, field = name.split(".", 1)
-                    value = f.get_tensor(name)
-                    if field == "full_logprobs":
-                        value = value.float()
-                    elif field == "sampled_ids":
-                        value = value.long()
-                    items.setdefault(int(i), {})[field] = value
+                    if name in FIELDS:
+                        value = f.get_tensor(name)
+                        fields[name] = value.to(getattr(torch, LOADED[name])) if name in LOADED else value
         except Exception:  # noqa: BLE001 - missing, truncated or garbled: safetensors raises several types
             return None
-        if sorted(items) != list(range(start, start + count)) or any("sampled_ids" not in v for v in items.values()):
+        rows = sum(lengths)
+        if len(lengths) != count or "sampled_ids" not in fields or any(v.shape[0] != rows for v in fields.values()):
             return None
-        return [Targets(**items[start + i]) for i in range(count)]
+        split = {name: value.split(lengths) for name, value in fields.items()}
+        return [Targets(**{name: parts[i] for name, parts in split.items()}) for i in range(count)]
 
     def bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.glob("shard-*.safetensors"))

@@ -74,7 +74,7 @@ def cli(debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing run directory.")
 @click.option("--resume", "resume_dir", type=click.Path(), metavar="RUN_DIR",
               help="Continue the bake saved in RUN_DIR with its settings, keeping all finished work.")
-@click.option("--top-k", type=int, help="K for topk_kl (default 20).")
+@click.option("--top-k", type=int, help="K for topk_kl (default: the teacher's; 256 for hf, 20 for hosted APIs).")
 @click.option("--epochs", type=int, help="Training epochs (default 3).")
 @click.option("--lr", type=float, help="Learning rate (default 1e-3).")
 @click.option("--max-queries", type=int, help="Use at most this many training queries.")

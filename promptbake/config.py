@@ -35,7 +35,7 @@ class BakeConfig:
     min_new_tokens: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 20
+    top_k: int | None = None  # None: the teacher's default (256 for hf; 20 for hosted APIs, vLLM and Tinker)
     max_length: int | None = None  # tokens per rendering; None: the model's context, at most 1024
     # training
     epochs: int = 3
@@ -71,7 +71,7 @@ class BakeConfig:
     probe_samples: int = 2  # sampled answers per held-out query and side for the sampled probe scores
     save_epochs: bool = True  # keep each epoch's adapter in RUN/epochs/ (half-baking by early stopping)
 
-    _POSITIVE = ("samples_per_query", "max_new_tokens", "top_k", "epochs",
+    _POSITIVE = ("samples_per_query", "max_new_tokens", "epochs",
                  "batch_size", "grad_accum", "lora_rank", "score_batch_size",
                  "generate_batch_size", "checkpoint_every")
 
@@ -92,9 +92,9 @@ class BakeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        for name in ("max_queries", "max_heldout", "max_length"):
+        for name in ("max_queries", "max_heldout", "max_length", "top_k"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
             raise ConfigError(f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}).")

@@ -28,6 +28,9 @@ class TeacherCapabilities:
     can_generate: bool = True
     can_score: bool = True  # teacher-forced scoring of given tokens
     max_top_k: int | None = None  # None: any K
+    # K when the bake leaves top_k unset. Hosted APIs and vLLM servers cap top log-probs
+    # at 20 by default; a local model gives any K, and a wider K is a closer KL (docs/performance.md).
+    default_top_k: int = 20
     full_logits: bool = False
     token_ids: bool = True  # returns ids in the student's vocabulary (not strings)
     sample_logprobs: bool = False  # top-K log-probs arrive with its own samples (hosted APIs)
@@ -273,7 +276,7 @@ class BatchTargets:
             topk_ids=cat("topk_ids", torch.long),
             topk_logprobs=cat("topk_logprobs", torch.float32),
             tail_logprob=cat("tail_logprob", torch.float32),
-            full_logprobs=cat("full_logprobs", torch.float32),
+            full_logprobs=cat("full_logprobs"),  # float16 from the cache: full_kl widens a chunk at a time
             weight=cat("weight", torch.float32),
         )
 

@@ -163,26 +163,44 @@ def split_head(model: Any) -> tuple[Any, Any] | None:
     return decoder, head
 
 
+SCORE_ROWS = 256  # rows taken through the output layer and log-softmax at a time
+
+
 def logits_to_targets(
     logits: torch.Tensor, lengths: Sequence[int], trajectories: Sequence[Trajectory],
-    *, top_k: int | None, full: bool,
+    *, top_k: int | None, full: bool, head: Any = None,
 ) -> list[Targets]:
-    """Split flattened logits per trajectory into top-K and/or full log-prob targets."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    out = []
-    start = 0
-    for traj, r in zip(trajectories, lengths):
-        lp = logprobs[start: start + r]
-        start += r
-        item = Targets(sampled_ids=torch.tensor(traj.response_ids, dtype=torch.long))
+    """Split flattened logits per trajectory into top-K and/or full log-prob targets.
+
+    With ``head``, ``logits`` are final hidden states and go through the output
+    layer ``SCORE_ROWS`` rows at a time, so no [rows, V] float32 tensor larger
+    than that lives besides the full targets asked for.
+    """
+    fields: dict[str, list[torch.Tensor]] = {}
+    for lo in range(0, logits.shape[0], SCORE_ROWS):
+        chunk = logits[lo: lo + SCORE_ROWS]
+        lp = torch.log_softmax((head(chunk) if head is not None else chunk).float(), dim=-1)
         if top_k:
-            k = min(top_k, lp.shape[-1])
-            values, indices = lp.topk(k, dim=-1)
-            item.topk_ids = indices.to(torch.int32).cpu()
-            item.topk_logprobs = values.cpu()
+            values, indices = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+            fields.setdefault("topk_ids", []).append(indices.to(torch.int32).cpu())
+            fields.setdefault("topk_logprobs", []).append(values.cpu())
             # Mass outside the top-K, summed directly (1 - sum(p_k) is imprecise near 1).
-            item.tail_logprob = torch.logsumexp(lp.scatter(-1, indices, float("-inf")), dim=-1).cpu()
+            fields.setdefault("tail_logprob", []).append(
+                torch.logsumexp(lp.scatter(-1, indices, float("-inf")), dim=-1).cpu())
         if full:
-            item.full_logprobs = lp.cpu()
-        out.append(item)
-    return out
+            fields.setdefault("full_logprobs", []).append(lp.cpu())
+    per_trajectory = {name: torch.cat(parts).split(list(lengths)) for name, parts in fields.items()}
+    return [Targets(sampled_ids=torch.tensor(traj.response_ids, dtype=torch.long),
+                    **{name: parts[i] for name, parts in per_trajectory.items()})
+            for i, traj in enumerate(trajectories)]
+
+
+def score_targets(
+    model: Any, trajectories: Sequence[Trajectory], side: Side, pad_id: int, device: Any,
+    *, top_k: int | None, full: bool, prefix: PrefixCache | None = None,
+) -> list[Targets]:
+    """Targets of one batch: final hidden states of the response rows, then the output
+    layer a few rows at a time where it splits off the decoder (else whole logits)."""
+    head = split[1] if (split := split_head(model)) is not None else None
+    rows, lengths = response_logits(model, trajectories, side, pad_id, device, prefix, hidden=head is not None)
+    return logits_to_targets(rows, lengths, trajectories, top_k=top_k, full=full, head=head)

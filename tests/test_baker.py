@@ -37,7 +37,7 @@ def test_bake_writes_a_complete_run_directory(tiny_model, bake_settings, loss):
     index = json.loads((run / "targets" / "index.json").read_text())
     assert index["count"] == len(trajectories)
     shard = load_file(run / "targets" / index["shards"][0]["file"])
-    kinds = {key.split(".", 1)[1] for key in shard}
+    kinds = set(shard) - {"lengths"}  # one tensor per field, and each target's row count
     expected = {"ce": {"sampled_ids"}, "topk_kl": {"sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob"},
                 "full_kl": {"sampled_ids", "full_logprobs"}}[loss]
     assert kinds == expected
@@ -106,6 +106,14 @@ def test_full_kl_with_a_teacher_without_full_logits_is_refused_before_work(tmp_p
     with pytest.raises(CapabilityError, match="needs full-vocabulary logits, which teacher 'hosted-like' cannot give"):
         baker.run()
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unset_top_k_is_the_teacher_default_and_is_recorded(tiny_model, bake_settings):
+    assert Baker(PROMPT).config.top_k == 256  # hf: a local model gives any K
+    assert Baker(PROMPT, teacher=HostedLikeTeacher()).config.top_k == 20  # capped APIs keep their 20
+    assert Baker(PROMPT, top_k=7).config.top_k == 7
+    run = Baker(PROMPT, model=tiny_model(), evaluate=False, **bake_settings).run().run_dir
+    assert json.loads((run / "config.json").read_text())["top_k"] == 256
 
 
 def test_top_k_above_the_teacher_limit_is_refused(tmp_path):

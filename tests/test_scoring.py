@@ -82,6 +82,22 @@ def test_targets_hold_topk_tail_and_full():
         torch.testing.assert_close(tg.full_logprobs.topk(4, -1).values, tg.topk_logprobs)
 
 
+def test_targets_from_hidden_states_a_few_rows_at_a_time_match_whole_logits(monkeypatch):
+    from promptbake import scoring
+
+    tok = make_tokenizer("chatml")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 3)
+    logits, lengths = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    whole = logits_to_targets(logits, lengths, trajs, top_k=3, full=True)
+    monkeypatch.setattr(scoring, "SCORE_ROWS", 2)
+    hidden, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu", hidden=True)
+    chunked = logits_to_targets(hidden, lengths, trajs, top_k=3, full=True, head=model.get_output_embeddings())
+    for a, b in zip(whole, chunked):
+        for name in ("topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs"):
+            torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-4, atol=1e-5)
+
+
 def test_loss_from_hidden_states_in_chunks_matches_full_logits():
     from promptbake.interfaces import BatchTargets
     from promptbake.losses import FullKLLoss, TopKKLLoss

@@ -136,10 +136,10 @@ def test_merging_a_prefix_adapter_is_refused(tiny_model, tmp_path):
 # -- chains -----------------------------------------------------------------------
 
 
-def _teacher_targets(spec: str, trajectories):
+def _teacher_targets(spec: str, trajectories, top_k: int):
     teacher = HFTeacher()
     teacher.setup(BakeConfig(prompt=PROMPT, model=spec, device="cpu", progress=False))
-    return teacher.score(trajectories, top_k=20, full=False)
+    return teacher.score(trajectories, top_k=top_k, full=False)
 
 
 def test_pursuit_bakes_each_round_with_the_last_rounds_merged_model_as_teacher(tiny_model, tmp_path):
@@ -169,9 +169,10 @@ def test_pursuit_bakes_each_round_with_the_last_rounds_merged_model_as_teacher(t
         trajectories = run2.read_trajectories()[:2]
         store = TargetStore(run2.file("targets"))
         stored = store.read(store.index()["key"])[:2]
-        for got, want in zip(stored, _teacher_targets(str(merged1), trajectories)):
+        k = json.loads((out / "round-2" / "config.json").read_text())["top_k"]
+        for got, want in zip(stored, _teacher_targets(str(merged1), trajectories, k)):
             torch.testing.assert_close(got.topk_logprobs, want.topk_logprobs, rtol=1e-4, atol=1e-4)
-        base = _teacher_targets(spec, trajectories)
+        base = _teacher_targets(spec, trajectories, k)
         assert not torch.allclose(stored[0].topk_logprobs, base[0].topk_logprobs, atol=1e-3)
     finally:
         _forget(str(merged1))

@@ -25,7 +25,7 @@ from ..interfaces import (
     StudentCapabilities,
 )
 from ..sampling import sample_rows
-from ..scoring import logits_to_targets, response_logits, split_head
+from ..scoring import response_logits, score_targets, split_head
 from ..types import Prefix, Sample, Targets, Trajectory
 
 
@@ -44,7 +44,8 @@ class PeftStudent(Student):
     def __init__(self, model: str | None = None, head_chunk: int | None = 1024):
         self.model_spec = model
         # Above this many response rows per micro-batch, logits are computed in chunks of
-        # this size from hidden states (recomputed in backward) instead of all at once.
+        # this size from hidden states (recomputed in backward) instead of all at once
+        # (full_kl uses its own, smaller chunk_size).
         self.head_chunk = head_chunk
         self.handle: models.ModelHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -107,11 +108,13 @@ class PeftStudent(Student):
             trajs = [t for t, _ in mb]
             targets = BatchTargets.concat([tg for _, tg in mb], device=h.device)
             rows = sum(t.response_len for t in trajs)
-            split = split_head(model) if self.head_chunk and rows > self.head_chunk else None
+            # full_kl holds [rows, V] teacher targets already: it always goes in its own chunks.
+            chunk = getattr(loss, "chunk_size", None) if loss.needs == "full" else self.head_chunk
+            split = split_head(model) if chunk and rows > chunk else None
             if split is not None:  # large: logits chunk by chunk from hidden states
                 hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
                                             hidden=True)
-                value = loss.from_hidden(hidden, split[1], targets, num_tokens, self.head_chunk)
+                value = loss.from_hidden(hidden, split[1], targets, num_tokens, chunk)
             else:
                 logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device)
                 value = loss(logits, targets, num_tokens)
@@ -135,8 +138,8 @@ class PeftStudent(Student):
         with models.eval_mode(h.peft_model):
             size = self.config.score_batch_size if self.config else 8
             for part in batches(trajectories, size):
-                logits, lengths = response_logits(h.peft_model, part, "unprompted", h.tokenizer.pad_token_id, h.device)
-                out.extend(logits_to_targets(logits, lengths, part, top_k=top_k, full=full))
+                out.extend(score_targets(h.peft_model, part, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                         top_k=top_k, full=full))
         return out
 
     def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig, *,

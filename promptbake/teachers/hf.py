@@ -18,7 +18,7 @@ from ..config import BakeConfig
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from ..prefix_cache import PrefixCache
 from ..sampling import sample_rows
-from ..scoring import logits_to_targets, response_logits
+from ..scoring import score_targets
 from ..types import Prefix, Sample, Targets, Trajectory
 
 
@@ -27,7 +27,7 @@ class HFTeacher(Teacher):
 
     name = "hf"
     capabilities = TeacherCapabilities(
-        can_generate=True, can_score=True, max_top_k=None, full_logits=True, token_ids=True,
+        can_generate=True, can_score=True, max_top_k=None, full_logits=True, token_ids=True, default_top_k=256,
     )
 
     def __init__(self, model: str | None = None, generate_batch_size: int | None = None,
@@ -77,7 +77,7 @@ class HFTeacher(Teacher):
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             for part in batches(trajectories, self.score_batch_size or 8):
                 prefix = self.prefixes[side] if self.prefixes else None
-                logits, lengths = response_logits(h.model, part, side, h.tokenizer.pad_token_id, h.device, prefix)
-                out.extend(logits_to_targets(logits, lengths, part, top_k=top_k, full=full))
+                out.extend(score_targets(h.model, part, side, h.tokenizer.pad_token_id, h.device,
+                                         top_k=top_k, full=full, prefix=prefix))
         return out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__, capabilities, checkpoint, fidelity, generation, registry
 from .batching import batches, bucketed
-from .cache import TargetStore, targets_key
+from .cache import TargetStore, as_stored, targets_key
 from .config import BakeConfig
 from .distributed import Ranks
 from .errors import ConfigError
@@ -332,11 +332,8 @@ class Baker:
             return sample_targets
         out: list[Targets] = []
         for part in batches(trajectories, cfg.score_batch_size * 4):
-            got = self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None, full=need == "full")
-            for t in got:  # held as the cache stores them: a fresh bake and a cache hit train alike
-                if t.full_logprobs is not None:
-                    t.full_logprobs = t.full_logprobs.half()
-            out.extend(got)
+            out.extend(as_stored(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
+                                                    full=need == "full")))
             if on_batch is not None:
                 on_batch(len(part))
         return out

@@ -30,6 +30,15 @@ LOADED = {"sampled_ids": "int64"}
 FORMAT = 2
 
 
+def as_stored(targets: Sequence[Targets]) -> Sequence[Targets]:
+    """Targets held as the cache stores them (full log-probs in float16), so training on
+    freshly scored targets and on ones read back from the cache is the same."""
+    for t in targets:
+        if t.full_logprobs is not None:
+            t.full_logprobs = t.full_logprobs.half()
+    return targets
+
+
 def targets_key(*, model: str, teacher: str, prompt_sha256: str, kind: str, top_k: int | None,
                 trajectories: Sequence[Trajectory]) -> str:
     """A sha256 over everything that determines the targets."""
@@ -71,7 +80,7 @@ class TargetStore:
         import torch
         from safetensors.torch import save_file
 
-        from .interfaces import _pad_topk
+        from .interfaces import pad_topk
 
         start = n * self.shard_size
         tensors = {"lengths": torch.tensor([len(t) for t in targets], dtype=torch.int64)}
@@ -84,7 +93,7 @@ class TargetStore:
             elif any(p is None for p in parts):
                 raise ValueError(f"targets to cache disagree on whether they hold {name}")
             if name in ("topk_ids", "topk_logprobs"):
-                parts = _pad_topk(parts, name)  # hosted teachers' rows can be narrower
+                parts = pad_topk(parts, name)  # hosted teachers' rows can be narrower
             value = torch.cat(parts)
             if name in STORED:
                 value = value.to(getattr(torch, STORED[name]))

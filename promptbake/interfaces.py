@@ -267,7 +267,7 @@ class BatchTargets:
             elif any(p is None for p in parts):
                 return None
             if field in ("topk_ids", "topk_logprobs"):
-                parts = _pad_topk(parts, field)
+                parts = pad_topk(parts, field)
             out = torch.cat(parts, dim=0)
             return out.to(device=device, dtype=dtype) if (device or dtype) else out
 
@@ -281,7 +281,7 @@ class BatchTargets:
         )
 
 
-def _pad_topk(parts: list[torch.Tensor], field: str) -> list[torch.Tensor]:
+def pad_topk(parts: list[torch.Tensor], field: str) -> list[torch.Tensor]:
     """Widen top-K rows to one K: extra ids repeat the row's first id, extra log-probs are -inf.
 
     Hosted teachers can return fewer than K usable entries; a repeated id with

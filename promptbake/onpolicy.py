@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .batching import batches
+from .cache import as_stored
 from .config import BakeConfig
 from .generation import ChunkStore, chunk_seed
 from .interfaces import SamplingConfig, Student, Teacher
@@ -72,6 +73,6 @@ class OnPolicySampler:
         new = [r.trajectory(q, s.token_ids, t.sample) for q, s, t in zip(queries, samples, old)]
         targets: list[Targets] = []
         for part in batches(new, cfg.score_batch_size * 4):
-            targets.extend(self.teacher.score(part, top_k=cfg.top_k if self.kind == "topk" else None,
-                                              full=self.kind == "full"))
+            targets.extend(as_stored(self.teacher.score(part, top_k=cfg.top_k if self.kind == "topk" else None,
+                                                        full=self.kind == "full")))
         return new, targets

@@ -31,7 +31,7 @@ import torch
 
 from promptbake import BakeConfig, Baker, models
 from promptbake.batching import batches
-from promptbake.cache import TargetStore
+from promptbake.cache import TargetStore, as_stored
 from promptbake.evaluate import heldout_metrics
 from promptbake.losses import CELoss
 from promptbake.prefix_cache import PrefixCache
@@ -174,9 +174,8 @@ def rss_mode(mode: str, tokens: int, prompt_tokens: int, batch: int = 1) -> None
         if mode == "seed000":
             naive_step(student, [traj])
         else:
-            targets = teacher.score([traj], top_k=None, full=True)[0]
-            targets.full_logprobs = targets.full_logprobs.half()  # as Baker.score holds them
-            student.step([[(traj, targets)]], FullKLLoss())
+            targets = as_stored(teacher.score([traj], top_k=None, full=True))  # as Baker.score holds them
+            student.step([[(traj, targets[0])]], FullKLLoss())
         peak = _vm("VmHWM")
         print(json.dumps({"peak_rss_mib": peak, "loaded_rss_mib": base, "increment_mib": peak - base,
                           "response_tokens": traj.response_len, "prompted_tokens": len(traj.prompted_ids)}))

@@ -1,7 +1,8 @@
 """Where a bake's time goes: promptbake's default against a naive loop and the lower bound.
 
 Run with ``make bench`` (or ``python benchmarks/bake_speed.py``). Everything runs in one
-process on the embedded SmolLM2-135M, on the same trajectories:
+process on the embedded SmolLM2-135M, on the same trajectories and the same micro-batches
+(the ones Baker.train draws for ``--seed``), so the loops differ only in how they get targets:
 
 * naive: what seed 000 does -- every step re-runs the prompted teacher (the student with its
   adapter disabled) over the full system prompt and takes the KL over full [B, T, V] logits;
@@ -19,22 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from promptbake import BakeConfig, Baker, models
-from promptbake.batching import batches
 from promptbake.cache import TargetStore, as_stored
 from promptbake.evaluate import heldout_metrics
 from promptbake.losses import CELoss
-from promptbake.prefix_cache import PrefixCache
+from promptbake.prefix_cache import PrefixCache, common_prefix
 from promptbake.queries import load_queries
 from promptbake.render import Renderer
 from promptbake.rundir import RunDir
@@ -81,40 +81,82 @@ def naive_step(student: PeftStudent, part) -> None:
     student.optimizer.zero_grad(set_to_none=True)
 
 
-def naive_train(student: PeftStudent, trajectories, epochs: int, batch_size: int, seed: int,
-                plan: list[list[list[int]]] | None = None) -> float:
+def naive_train(student: PeftStudent, trajectories, plan: list[list[list[int]]]) -> float:
     """Seed 000's loop: teacher recomputed each step, full-vocabulary KL over [B, T, V].
 
-    Batches are its own shuffle of each epoch, or ``plan`` (per epoch, lists of indices)
-    to train on exactly the batches another run used.
+    ``plan`` holds each epoch's micro-batches (lists of indices): the benchmark gives it the
+    batches promptbake's Baker.train runs, so the two differ only in how targets are made.
     """
-    rng = random.Random(seed)
-    order = list(range(len(trajectories)))
     start = time.perf_counter()
-    for epoch in range(epochs):
-        if plan is None:
-            rng.shuffle(order)
-        for mb in batches(order, batch_size) if plan is None else plan[epoch]:
+    for epoch in plan:
+        for mb in epoch:
             naive_step(student, [trajectories[i] for i in mb])
     return time.perf_counter() - start
 
 
-def bare_train(student: PeftStudent, trajectories, targets, epochs: int, batch_size: int, seed: int) -> float:
-    """The floor: epochs of student forward+backward (cross-entropy on the sampled tokens)."""
-    rng = random.Random(seed)
-    order = list(range(len(trajectories)))
+def bare_train(student: PeftStudent, trajectories, targets, plan: list[list[list[int]]]) -> float:
+    """The floor: the student's forward+backward (cross-entropy on the sampled tokens) on ``plan``'s batches."""
     loss = CELoss()
     start = time.perf_counter()
-    for _ in range(epochs):
-        rng.shuffle(order)
-        for mb in batches(order, batch_size):
+    for epoch in plan:
+        for mb in epoch:
             student.step([[(trajectories[i], targets[i]) for i in mb]], loss)
     return time.perf_counter() - start
 
 
-def time_scoring(teacher: HFTeacher, tokenizer, queries, prompt_tokens: int, reuse: bool, tokens: int) -> dict:
+@dataclass
+class Workload:
+    """The benchmark's bake: the embedded model, a few-shot system prompt, sampled trajectories."""
+
+    config: BakeConfig
+    teacher: HFTeacher
+    tokenizer: Any
+    steps: int
+    trajs: list = field(default_factory=list)
+    held: list = field(default_factory=list)
+    generate_s: float = 0.0
+    baker: Baker | None = None  # sampled the trajectories; scores and trains the default
+
+    def fresh_student(self) -> PeftStudent:
+        """A new LoRA student; ``config.seed`` fixes its initialisation, the same for every variant."""
+        student = PeftStudent()
+        student.setup(self.config, self.steps)
+        return student
+
+    def baker_for(self, config: BakeConfig, student: PeftStudent | None = None, **baker_options: str) -> Baker:
+        """A Baker with its own run directory, sharing the teacher; ``student`` defaults to a fresh one."""
+        baker = Baker(config=config, teacher=self.teacher, student=student or self.fresh_student(), **baker_options)
+        baker.run_dir = RunDir(tempfile.mkdtemp())
+        return baker
+
+
+def workload(queries: int = 32, samples: int = 2, tokens: int = 64, epochs: int = 4, prompt_tokens: int = 600,
+             batch_size: int = 8, heldout: int = 16, seed: int = 0) -> Workload:
+    """Load the embedded model and sample the training and held-out trajectories (seeded)."""
+    handle = models.load("smollm2-135m", "float32", "cpu")
+    prompt = system_prompt(handle.tokenizer, prompt_tokens)
+    config = BakeConfig(prompt=prompt, model="smollm2-135m", dtype="float32", device="cpu",
+                        samples_per_query=samples, max_new_tokens=tokens, min_new_tokens=tokens,
+                        epochs=epochs, batch_size=batch_size, progress=False, lr=1e-3, seed=seed)
+    teacher = HFTeacher()
+    teacher.setup(config)
+    renderer = Renderer(handle.tokenizer, prompt, config.length_limit(handle.model.config.max_position_embeddings))
+    steps = epochs * -(-queries * samples // batch_size)
+    work = Workload(config, teacher, handle.tokenizer, steps)
+    work.baker = work.baker_for(config)
+    t0 = time.perf_counter()
+    work.trajs = work.baker.generate(renderer, load_queries(None, "train", queries), samples)
+    work.held = work.baker.generate(renderer, load_queries(None, "heldout", heldout), 1, split="heldout")
+    work.generate_s = time.perf_counter() - t0
+    return work
+
+
+def time_scoring(teacher: HFTeacher, tokenizer, queries, prompt_tokens: int, reuse: bool, tokens: int,
+                 repeats: int = 1) -> dict:
     """Teacher scoring (top-20) at one system-prompt length: the first call (which builds the
-    prefix cache when reuse is on) and then seconds per trajectory."""
+    prefix cache when reuse is on), then seconds per trajectory (the fastest of ``repeats``
+    passes over all of them, as timeit does: the machine's noise only ever adds time), and
+    the arithmetic those passes do (:func:`scoring_flops`)."""
     prompt = system_prompt(tokenizer, prompt_tokens) or " "
     renderer = Renderer(tokenizer, prompt, max_length=prompt_tokens + 512)
     filler = tokenizer("The answer is simple and short. " * 20, add_special_tokens=False)["input_ids"][:tokens]
@@ -123,9 +165,35 @@ def time_scoring(teacher: HFTeacher, tokenizer, queries, prompt_tokens: int, reu
     start = time.perf_counter()
     teacher.score(trajs[:2], top_k=20, full=False)
     first = time.perf_counter() - start
-    start = time.perf_counter()
-    teacher.score(trajs, top_k=20, full=False)
-    return {"first_call_s": first, "per_trajectory_s": (time.perf_counter() - start) / len(trajs)}
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        teacher.score(trajs, top_k=20, full=False)
+        passes.append((time.perf_counter() - start) / len(trajs))
+    cached = common_prefix([t.prompted_ids for t in trajs]) if reuse else 0
+    return {"first_call_s": first, "per_trajectory_s": min(passes), "passes_s": passes,
+            "gflop_per_trajectory": scoring_flops(teacher.handle.model.config, trajs, cached) / len(trajs) / 1e9}
+
+
+def scoring_flops(config, trajs, cached: int) -> float:
+    """Multiply-add FLOPs of scoring ``trajs`` when their first ``cached`` tokens come from a
+    prefix cache: the decoder's linear layers for every other token, attention to every key
+    before it (the cached prompt included), and the output layer at response positions.
+
+    The ratio of two such counts is what the scoring time's ratio would be if every
+    operation ran at the same speed: the part of the time that is arithmetic, not overhead.
+    """
+    d, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    linear = 2 * layers * (2 * d * heads * head_dim + 2 * d * kv * head_dim + 3 * d * inter)
+    per_key = 4 * layers * heads * head_dim  # scores and the weighted sum of values
+    total = 0
+    for t in trajs:
+        n = len(t.prompted_ids)
+        total += (n - cached) * linear + per_key * (n * (n + 1) - cached * (cached + 1)) // 2
+        total += t.response_len * 2 * d * config.vocab_size
+    return float(total)
 
 
 def _vm(field: str) -> float:
@@ -220,6 +288,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--heldout", type=int, default=16)
     ap.add_argument("--score-lengths", default="0,512,2048")
+    ap.add_argument("--score-repeats", type=int, default=3,
+                    help="Timed passes per prompt length with prefix reuse; the fastest counts (default: 3).")
     ap.add_argument("--rss-tokens", type=int, default=1024)
     ap.add_argument("--rss-batch", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS measurements.")
@@ -245,33 +315,20 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "settings": vars(args)}
-    handle = models.load("smollm2-135m", "float32", "cpu")
-    prompt = system_prompt(handle.tokenizer, args.prompt_tokens)
-    config = BakeConfig(prompt=prompt, model="smollm2-135m", dtype="float32", device="cpu",
-                        samples_per_query=args.samples, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                        epochs=args.epochs, batch_size=args.batch_size, progress=False, lr=1e-3, seed=args.seed)
-    steps = args.epochs * -(-args.queries * args.samples // args.batch_size)
     if args.wide_only:
+        handle = models.load("smollm2-135m", "float32", "cpu")
+        config = BakeConfig(prompt="x", model="smollm2-135m", dtype="float32", device="cpu", progress=False)
         wide = wide_scoring(config, handle.tokenizer, load_queries(None, "train", 16), args)
         print(json.dumps({"wide_scoring_s_per_trajectory": wide,
-                          "ratio_2048_over_0": _per(wide, "2048_reuse") / _per(wide, "0_reuse")}, indent=2))
+                          "ratio_2048_over_0": _per(wide, "2048_reuse") / _per(wide, "0_reuse"),
+                          "flops_ratio_2048_over_0": _flops(wide, "2048_reuse") / _flops(wide, "0_reuse")}, indent=2))
         return
-    teacher = HFTeacher()
-    teacher.setup(config)
-    renderer = Renderer(handle.tokenizer, prompt, config.length_limit(handle.model.config.max_position_embeddings))
-
-    def fresh_student() -> PeftStudent:
-        s = PeftStudent()
-        s.setup(config, steps)
-        return s
-
-    student = fresh_student()
-    baker = Baker(config=config, teacher=teacher, student=student)
-    baker.run_dir = RunDir(tempfile.mkdtemp())
-    t0 = time.perf_counter()
-    trajs = baker.generate(renderer, load_queries(None, "train", args.queries), args.samples)
-    held = baker.generate(renderer, load_queries(None, "heldout", args.heldout), 1, split="heldout")
-    results["generate_s"] = time.perf_counter() - t0
+    work = workload(args.queries, args.samples, args.tokens, args.epochs, args.prompt_tokens, args.batch_size,
+                    args.heldout, args.seed)
+    config, teacher, baker, trajs, held = work.config, work.teacher, work.baker, work.trajs, work.held
+    student = baker.student
+    plan = baker.epoch_batches(trajs)  # every loop below trains on these very batches
+    results["generate_s"] = work.generate_s
     results["response_tokens"] = sum(t.response_len for t in trajs)
     print(f"{len(trajs)} trajectories, {results['response_tokens']} response tokens, "
           f"prompted length ~{len(trajs[0].prompted_ids)}", flush=True)
@@ -291,19 +348,17 @@ def main() -> None:
 
     def cached_variant(name: str, cfg: BakeConfig, **baker_options: str) -> None:
         """promptbake's cached path with other settings: score once, train, held-out KL."""
-        student = fresh_student()
-        variant = Baker(config=cfg, teacher=teacher, student=student, **baker_options)
-        variant.run_dir = RunDir(tempfile.mkdtemp())
+        variant = work.baker_for(cfg, **baker_options)
         t0 = time.perf_counter()
         variant_targets = variant.cached_score(trajs)
         row = {"score_s": time.perf_counter() - t0}
         t0 = time.perf_counter()
         variant.train(trajs, variant_targets)
-        row.update(train_s=time.perf_counter() - t0, **_kl(heldout_metrics(teacher, student, held, 20, 8, False)))
+        row.update(train_s=time.perf_counter() - t0, **_kl(heldout_metrics(teacher, variant.student, held, 20, 8, False)))
         row["total_s"] = row["score_s"] + row["train_s"]
         row["cache_bytes_per_token"] = TargetStore(variant.run_dir.file("targets")).bytes() / results["response_tokens"]
         results[name] = row
-        student.close()
+        variant.student.close()
         print(name, json.dumps(row), flush=True)
 
     if not args.default_and_naive:
@@ -313,16 +368,16 @@ def main() -> None:
         # the same cached path with the naive baseline's objective (full-vocabulary KL)
         cached_variant("default_full_kl", config, loss="full_kl")
 
-        # lower bound: the same one scoring pass + bare forward+backward
-        student = fresh_student()
-        bare_s = bare_train(student, trajs, targets, args.epochs, args.batch_size, config.seed)
+        # lower bound: the same one scoring pass + bare forward+backward on the same batches
+        student = work.fresh_student()
+        bare_s = bare_train(student, trajs, targets, plan)
         student.close()
         results["lower_bound"] = {"score_s": score_s, "train_s": bare_s, "total_s": score_s + bare_s}
         print("lower bound", json.dumps(results["lower_bound"]), flush=True)
 
     # naive: the teacher recomputed every step, full [B, T, V] KL
-    student = fresh_student()
-    naive_s = naive_train(student, trajs, args.epochs, args.batch_size, config.seed)
+    student = work.fresh_student()
+    naive_s = naive_train(student, trajs, plan)
     results["naive"] = {"total_s": naive_s, **_kl(heldout_metrics(teacher, student, held, 20, 8, False))}
     student.close()
     print("naive", json.dumps(results["naive"]), flush=True)
@@ -341,12 +396,13 @@ def main() -> None:
     scoring = {}
     for n in [int(x) for x in args.score_lengths.split(",")]:
         for reuse in (False, True):
-            scoring[f"{n}{'_reuse' if reuse else ''}"] = time_scoring(teacher, handle.tokenizer, queries, n, reuse, args.tokens)
+            scoring[f"{n}{'_reuse' if reuse else ''}"] = time_scoring(
+                teacher, work.tokenizer, queries, n, reuse, args.tokens, args.score_repeats if reuse else 1)
         print(f"scoring at {n} prompt tokens: {scoring[str(n)]['per_trajectory_s']:.3f} s/traj plain, "
               f"{scoring[f'{n}_reuse']['per_trajectory_s']:.3f} with reuse", flush=True)
     results["scoring_s_per_trajectory"] = scoring
     if args.wide_scoring:
-        results["wide_scoring_s_per_trajectory"] = wide_scoring(config, handle.tokenizer, queries, args)
+        results["wide_scoring_s_per_trajectory"] = wide_scoring(config, work.tokenizer, queries, args)
 
     results["full_kl_rss_mib"] = measure_rss(args)
     results["ratios"] = {
@@ -355,8 +411,12 @@ def main() -> None:
         "default_over_lower_bound": results["default"]["total_s"] / results["lower_bound"]["total_s"],
         "scoring_2048_over_0_with_reuse": _per(scoring, "2048_reuse") / _per(scoring, "0_reuse"),
         "scoring_2048_over_0_plain": _per(scoring, "2048") / _per(scoring, "0"),
+        # the same ratio of arithmetic: what the time's ratio would be with no overhead anywhere
+        "scoring_2048_over_0_flops_with_reuse": _flops(scoring, "2048_reuse") / _flops(scoring, "0_reuse"),
         **({"wide_scoring_2048_over_0_with_reuse": _per(results["wide_scoring_s_per_trajectory"], "2048_reuse")
-            / _per(results["wide_scoring_s_per_trajectory"], "0_reuse")} if args.wide_scoring else {}),
+            / _per(results["wide_scoring_s_per_trajectory"], "0_reuse"),
+            "wide_scoring_2048_over_0_flops_with_reuse": _flops(results["wide_scoring_s_per_trajectory"], "2048_reuse")
+            / _flops(results["wide_scoring_s_per_trajectory"], "0_reuse")} if args.wide_scoring else {}),
         **rss_ratios(results["full_kl_rss_mib"]),
     }
     naive_kl = results["naive"]["heldout_kl_baked"]
@@ -391,7 +451,7 @@ def wide_scoring(config: BakeConfig, tokenizer, queries, args: argparse.Namespac
     teacher.setup(replace(config, model=WIDE))
     out = {}
     for n in [int(x) for x in args.score_lengths.split(",")]:
-        out[f"{n}_reuse"] = time_scoring(teacher, tokenizer, queries, n, True, args.tokens)
+        out[f"{n}_reuse"] = time_scoring(teacher, tokenizer, queries, n, True, args.tokens, args.score_repeats)
         print(f"wide model, scoring at {n} prompt tokens: {out[f'{n}_reuse']['per_trajectory_s']:.3f} s/traj "
               f"with reuse", flush=True)
     models.release(handle)  # the wide model's 0.5 B float32 weights
@@ -427,6 +487,10 @@ def rss_ratios(rss: dict) -> dict:
 
 def _per(scoring: dict, key: str) -> float:
     return scoring[key]["per_trajectory_s"] if key in scoring else float("nan")
+
+
+def _flops(scoring: dict, key: str) -> float:
+    return scoring[key]["gflop_per_trajectory"] if key in scoring else float("nan")
 
 
 def _kl(e: dict) -> dict:

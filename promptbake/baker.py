@@ -11,6 +11,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -348,15 +349,13 @@ class Baker:
         cfg = self.config
         run = self.run_dir
         assert run is not None
-        rng = random.Random(cfg.seed)
-        lengths = [len(t.unprompted_ids) for t in trajectories]
-        steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum)
+        plan = self.epoch_batches(trajectories)
+        steps_per_epoch = math.ceil(math.ceil(len(trajectories) / cfg.batch_size) / cfg.grad_accum)
         total = cfg.epochs * steps_per_epoch
         _seed_torch(cfg.seed)  # training's randomness (dropout) must not depend on what ran before it
         if self.student.capabilities.owns_loop:  # a distributed trainer runs the same plan itself
-            plan = [group for _ in range(cfg.epochs)
-                    for group in batches(bucketed(lengths, cfg.batch_size, rng), cfg.grad_accum)]
-            return self.student.fit(trajectories, targets, plan, self.loss,
+            groups = [group for micro in plan for group in batches(micro, cfg.grad_accum)]
+            return self.student.fit(trajectories, targets, groups, self.loss,
                                     lambda record: run.log({"stage": "train", **record}))
         # What a checkpoint was trained on: a resumed bake trusts only one for the same data.
         data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
@@ -367,9 +366,7 @@ class Baker:
         bar_iter = iter(bar)
         step = 0
         last = None
-        for epoch in range(cfg.epochs):
-            # Bucketed by the off-policy lengths, so the shuffle never depends on on-policy samples.
-            micro = bucketed(lengths, cfg.batch_size, rng)  # similar lengths: little padding
+        for epoch, micro in enumerate(plan):
             epoch_trajs, epoch_targets = trajectories, targets
             if self.on_policy is not None and step + steps_per_epoch > start:
                 epoch_trajs, epoch_targets, sampled = self.on_policy.for_epoch(epoch, trajectories, targets, data_key)
@@ -398,6 +395,18 @@ class Baker:
         if last is None:  # everything was done before the checkpoint
             last = next((r["loss"] for r in reversed(run.records()) if r.get("stage") == "train" and "loss" in r), None)
         return {"steps": step, "first_loss": first, "last_loss": last}
+
+    def epoch_batches(self, trajectories: Sequence[Trajectory]) -> list[list[list[int]]]:
+        """The micro-batches (lists of trajectory indices) of every epoch that :meth:`train` runs.
+
+        Shuffled from ``config.seed`` and bucketed by the off-policy lengths (so the plan
+        never depends on on-policy samples): a resumed bake, a distributed trainer and a
+        benchmark that compares against another loop all see the same batches.
+        """
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        lengths = [len(t.unprompted_ids) for t in trajectories]
+        return [bucketed(lengths, cfg.batch_size, rng) for _ in range(cfg.epochs)]
 
     def _restore(self, data_key: str) -> tuple[int, float | None]:
         """The step to continue after and the first loss, from the newest checkpoint (0, None: start)."""

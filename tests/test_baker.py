@@ -276,3 +276,32 @@ def test_generate_strength_scales_the_adapter(tiny_model, bake_settings, tmp_pat
     with pytest.raises(ConfigError, match="soft-prefix adapter has no scale"):
         compare(prefix, "Hello there?", strength=0.5)
     assert compare(prefix, "Hello there?", max_new_tokens=2)  # the model was given back intact
+
+
+def test_train_runs_the_batches_epoch_batches_plans(tmp_path):
+    from promptbake.interfaces import StudentCapabilities
+    from promptbake.rundir import RunDir
+    from promptbake.types import Trajectory
+
+    class Recorder(PeftStudent):
+        name = "recorder"
+        capabilities = StudentCapabilities()
+
+        def __init__(self) -> None:
+            self.seen: list[list[int]] = []
+
+        def step(self, batch, loss):
+            self.seen.extend([[int(t.query_id) for t, _ in mb] for mb in batch])
+            return {"loss": 0.0}
+
+    # Lengths 3..40: bucketing sorts within windows, so the plan is not a plain shuffle.
+    trajs = [Trajectory(query_id=str(i), sample=0, prompted_ids=[1] * (4 + i), unprompted_ids=[1] * (3 + i),
+                        response_len=1 + i % 3) for i in range(38)]
+    for seed in (0, 1):
+        baker = Baker(PROMPT, student=Recorder(), loss="ce", epochs=3, batch_size=4, grad_accum=2, seed=seed)
+        baker.run_dir = RunDir.create(tmp_path / f"run{seed}")
+        plan = baker.epoch_batches(trajs)
+        assert len(plan) == 3 and all(sorted(i for mb in epoch for i in mb) == list(range(38)) for epoch in plan)
+        baker.train(trajs, [None] * len(trajs))
+        assert baker.student.seen == [mb for epoch in plan for mb in epoch]
+    assert Baker(PROMPT, epochs=3, batch_size=4, seed=0).epoch_batches(trajs) != plan  # the seed moves it

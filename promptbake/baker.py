@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__, capabilities, checkpoint, fidelity, generation, registry
 from .batching import batches, bucketed
-from .cache import TargetStore, as_stored, targets_key
+from .cache import TargetStore, score_as_stored, targets_key
 from .config import BakeConfig
 from .distributed import Ranks
 from .errors import ConfigError
@@ -82,8 +82,18 @@ class Baker:
         self.student: Student = registry.create(
             "student", config.student if student is None or isinstance(student, str) else student,
             **config.student_options)
-        self.loss: Loss = registry.create(
-            "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
+        chosen = config.loss is None and not isinstance(loss, Loss)
+        if chosen:  # recorded in the run's config
+            self.config = config = replace(config, loss=capabilities.default_loss(self.teacher, self.student, config))
+        try:
+            self.loss: Loss = registry.create(
+                "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
+        except TypeError as exc:
+            why = " (the default here, as no loss was named)" if chosen else ""
+            raise ConfigError(f"Loss '{config.loss}'{why} does not take loss_options "
+                              f"{sorted(config.loss_options)}: {exc}; name the loss they are for.") from None
+        if config.loss is None:  # a Loss instance was given
+            self.config = config = replace(config, loss=self.loss.name)
         if config.top_k is None:  # the teacher's default K, recorded in the run's config
             self.config = config = replace(config, top_k=self.teacher.capabilities.default_top_k)
         self.run_dir: RunDir | None = None
@@ -170,7 +180,7 @@ class Baker:
             renderer = self.make_renderer(cfg.length_limit(self.student.context_length))
             if cfg.on_policy > 0:
                 self.on_policy = OnPolicySampler(self.teacher, self.student, renderer, queries, cfg,
-                                                 Path(out) / "on-policy", self.loss.needs)
+                                                 Path(out) / "on-policy", self.target_kind())
             run = self.run_dir = RunDir(out) if cfg.resume else RunDir.create(out, overwrite=cfg.overwrite)
             if cfg.resume:
                 run.log({"stage": "resume"})
@@ -251,7 +261,7 @@ class Baker:
         """Where the targets of ``trajectories`` are kept, and their key."""
         cfg = self.config
         assert self.run_dir is not None
-        need = self.loss.needs
+        need = self.target_kind()
         key = targets_key(model=cfg.teacher_model or cfg.model, teacher=self.teacher.name,
                           prompt_sha256=prompt_sha256(cfg.prompt), kind=need,
                           top_k=cfg.top_k if need == "topk" else None, trajectories=trajectories)
@@ -332,9 +342,9 @@ class Baker:
                                   f"with its samples; use loss ce.")
             return sample_targets
         out: list[Targets] = []
+        kind = self.target_kind()
         for part in batches(trajectories, cfg.score_batch_size * 4):
-            out.extend(as_stored(self.teacher.score(part, top_k=cfg.top_k if need == "topk" else None,
-                                                    full=need == "full")))
+            out.extend(score_as_stored(self.teacher, part, kind, cfg.top_k))
             if on_batch is not None:
                 on_batch(len(part))
         return out
@@ -359,7 +369,7 @@ class Baker:
                                     lambda record: run.log({"stage": "train", **record}))
         # What a checkpoint was trained on: a resumed bake trusts only one for the same data.
         data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
-                               kind=self.loss.needs, top_k=cfg.top_k, trajectories=trajectories)
+                               kind=self.target_kind(), top_k=cfg.top_k, trajectories=trajectories)
         start, first = self._restore(data_key)
         can_save = self.student.capabilities.checkpoints
         bar = progress(range(start, total), "train", cfg.progress, total=total, unit="step", initial=start)
@@ -395,6 +405,18 @@ class Baker:
         if last is None:  # everything was done before the checkpoint
             last = next((r["loss"] for r in reversed(run.records()) if r.get("stage") == "train" and "loss" in r), None)
         return {"steps": step, "first_loss": first, "last_loss": last}
+
+    def target_kind(self) -> str:
+        """What the teacher hands the student: what the loss needs ("tokens", "topk", "full"),
+        except that full targets travel as the teacher's final hidden states ("hidden") when
+        the student holds the teacher's frozen output layer, at 2H bytes a token instead of
+        2V. Call after both are set up."""
+        need = self.loss.needs
+        if need == "full" and self.teacher.capabilities.hidden_states and self.student.capabilities.hidden_targets:
+            head = self.teacher.output_layer()
+            if head is not None and self.student.reads_hidden_targets(head):
+                return "hidden"
+        return need
 
     def epoch_batches(self, trajectories: Sequence[Trajectory]) -> list[list[list[int]]]:
         """The micro-batches (lists of trajectory indices) of every epoch that :meth:`train` runs.

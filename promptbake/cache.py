@@ -4,7 +4,8 @@ Targets are computed once per bake and reused by every epoch; a later run that
 points at the same folder with the same key (model, teacher, prompt, target
 kind, K and the exact trajectories) reuses them instead of calling the teacher.
 Per response token a top-K entry costs 4K (int32 ids) + 4K (float32 log-probs)
-+ 4 (tail) + 4 (the sampled id) = 8K + 8 bytes. Each shard holds one tensor per
++ 4 (tail) + 4 (the sampled id) = 8K + 8 bytes; full targets kept as the
+teacher's hidden states cost 2H + 4 (H the model's width). Each shard holds one tensor per
 field for all its targets, so the safetensors header adds well under a byte per
 token.
 """
@@ -16,27 +17,41 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .rundir import atomic_write, write_json
 from .types import Targets, Trajectory
 
-FIELDS = ("sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs", "weight")
-# Stored narrower than in memory. Full targets stay float16 once loaded too:
-# full_kl takes them to float32 a chunk at a time.
-STORED = {"sampled_ids": "int32", "full_logprobs": "float16"}
+if TYPE_CHECKING:
+    from .interfaces import Teacher
+
+FIELDS = ("sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob", "full_logprobs", "weight", "hidden")
+# Stored narrower than in memory. Full targets (and hidden states) stay float16 once
+# loaded too: full_kl takes them to float32 a chunk at a time.
+STORED = {"sampled_ids": "int32", "full_logprobs": "float16", "hidden": "float16"}
 LOADED = {"sampled_ids": "int64"}
 # Part of every key: a cache in an older layout is recomputed, not misread.
 FORMAT = 2
 
 
 def as_stored(targets: Sequence[Targets]) -> Sequence[Targets]:
-    """Targets held as the cache stores them (full log-probs in float16), so training on
-    freshly scored targets and on ones read back from the cache is the same."""
+    """Targets held as the cache stores them (full log-probs and hidden states in float16),
+    so training on freshly scored targets and on ones read back from the cache is the same."""
     for t in targets:
         if t.full_logprobs is not None:
             t.full_logprobs = t.full_logprobs.half()
+        if t.hidden is not None:
+            t.hidden = t.hidden.half()
     return targets
+
+
+def score_as_stored(teacher: Teacher, trajectories: Sequence[Trajectory], kind: str,
+                    top_k: int | None) -> Sequence[Targets]:
+    """The teacher's targets of one batch, of ``kind`` ("topk", "full" or "hidden": full
+    targets as the teacher's final hidden states), held as the cache stores them."""
+    if kind == "hidden":
+        return as_stored(teacher.score_hidden(trajectories))
+    return as_stored(teacher.score(trajectories, top_k=top_k if kind == "topk" else None, full=kind == "full"))
 
 
 def targets_key(*, model: str, teacher: str, prompt_sha256: str, kind: str, top_k: int | None,

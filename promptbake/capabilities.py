@@ -47,6 +47,18 @@ def check(teacher: Teacher, student: Student, loss: Loss, config: BakeConfig) ->
             )
 
 
+def default_loss(teacher: Teacher, student: Student, config: BakeConfig) -> str:
+    """The loss of a bake that names none: the exact full-vocabulary KL where it costs about what
+    top-K does (the teacher hands over hidden states that the student, holding the same
+    weights, turns into log-probs), else top-K KL."""
+    tc, sc = teacher.capabilities, student.capabilities
+    teacher_model = getattr(teacher, "model_spec", None) or config.teacher_model or config.model
+    student_model = getattr(student, "model_spec", None) or config.model
+    if tc.full_logits and tc.hidden_states and sc.hidden_targets and teacher_model == student_model:
+        return "full_kl"
+    return "topk_kl"
+
+
 def _vocab_signature(tokenizer: Any) -> tuple[int, int]:
     vocab = tokenizer.get_vocab()
     return len(vocab), hash(frozenset(vocab.items()))

@@ -66,7 +66,8 @@ def cli(debug: bool) -> None:
 @click.option("--prompt", "-p", help="System prompt text, or a file holding it.")
 @click.option("--teacher", help="Teacher backend (default: hf).")
 @click.option("--student", help="Student backend (default: peft).")
-@click.option("--loss", help="Loss: ce, topk_kl (default) or full_kl.")
+@click.option("--loss", help="Loss: ce, topk_kl or full_kl (default: full_kl when the hf teacher and the peft "
+                             "student share one model, else topk_kl).")
 @click.option("--model", "-m", help="Model: smollm2-135m (default, embedded), an HF id or a local path.")
 @click.option("--queries", "-q", type=click.Path(dir_okay=False), help="Queries file (JSONL, CSV, JSON, Parquet).")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings.")

@@ -19,7 +19,9 @@ class BakeConfig:
     model: str = "smollm2-135m"
     teacher: str = "hf"
     student: str = "peft"
-    loss: str = "topk_kl"
+    # None: full_kl when the teacher's weights are the student's and it gives hidden states
+    # (hf teacher, peft student, one model: exact and about as small as top-K), else topk_kl.
+    loss: str | None = None
     teacher_model: str | None = None  # defaults to ``model``
     teacher_options: dict[str, Any] = field(default_factory=dict)
     student_options: dict[str, Any] = field(default_factory=dict)

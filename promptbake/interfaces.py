@@ -34,6 +34,9 @@ class TeacherCapabilities:
     full_logits: bool = False
     token_ids: bool = True  # returns ids in the student's vocabulary (not strings)
     sample_logprobs: bool = False  # top-K log-probs arrive with its own samples (hosted APIs)
+    # score_hidden gives final hidden states at response rows, which a student sharing the
+    # teacher's output layer turns into full log-probs (full_kl at 2H bytes a token, not 2V).
+    hidden_states: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class StudentCapabilities:
     owns_loop: bool = False  # trains in fit() with its own loop (a distributed trainer), not step by step
     can_generate: bool = False  # samples from its own weights (behaviour evaluation, on-policy baking)
     adapters: bool = False  # loads a saved adapter (load_adapter) and scales it (generate's strength)
+    # Trains full_kl from the teacher's hidden states through its own frozen output layer
+    # when it holds the teacher's weights (reads_hidden_targets says when).
+    hidden_targets: bool = False
 
 
 @dataclass
@@ -103,6 +109,15 @@ class Teacher(ABC):
     ) -> list[Targets]:
         """Teacher-forced distributions at every response position of each trajectory."""
 
+    def score_hidden(self, trajectories: Sequence[Trajectory]) -> list[Targets]:
+        """Full targets as final hidden states (``Targets.hidden``) on the prompted side:
+        :meth:`output_layer` turns them into logits. For ``capabilities.hidden_states``."""
+        raise NotImplementedError(f"teacher '{self.name}' gives no hidden states")
+
+    def output_layer(self) -> Any | None:
+        """The module that turns :meth:`score_hidden`'s states into logits (None: none)."""
+        return None
+
     def close(self) -> None:
         """Release resources."""
 
@@ -148,6 +163,12 @@ class Student(ABC):
     def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
         """The student's own distribution at response positions of the unprompted side."""
         raise NotImplementedError(f"student '{self.name}' cannot score")
+
+    def reads_hidden_targets(self, head: Any) -> bool:
+        """Whether :meth:`step` can train on full targets given as hidden states through the
+        teacher's output layer ``head``: only when ``head`` is this student's own output
+        layer and it is frozen, so the teacher's logits are exactly ``head(hidden)``."""
+        return False
 
     def fit(self, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
             steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Any) -> dict[str, Any]:
@@ -208,18 +229,15 @@ class Loss(ABC):
                     chunk_size: int = 256) -> torch.Tensor:
         """Like ``__call__`` from hidden states [N, H] and the output layer ``head``.
 
-        Logits are made ``chunk_size`` rows at a time under activation
-        checkpointing, so no [N, V] tensor is alive at once (the chunk is
-        recomputed in the backward pass).
+        Logits are made ``chunk_size`` rows at a time and each chunk's gradient
+        (towards its hidden states and the head's trainable weights) is taken at
+        once, then the chunk is dropped: no [N, V] tensor is ever alive, and the
+        output layer is not run again in the backward pass. The returned value's
+        backward hands those gradients on.
         """
-        from torch.utils.checkpoint import checkpoint
+        from .chunked_head import chunked_loss
 
-        total = hidden.new_zeros(())
-        for start in range(0, hidden.shape[0], chunk_size):
-            part = targets.rows(slice(start, start + chunk_size))
-            total = total + checkpoint(lambda h, p=part: p.weighted(self.per_token(head(h), p)).sum(),
-                                       hidden[start: start + chunk_size], use_reentrant=False)
-        return total / max(num_tokens, 1)
+        return chunked_loss(self, hidden, head, targets, num_tokens, chunk_size)
 
     def __str__(self) -> str:
         return f"Loss: {self.name}"
@@ -235,6 +253,7 @@ class BatchTargets:
     tail_logprob: torch.Tensor | None = None  # [N]
     full_logprobs: torch.Tensor | None = None  # [N, V]
     weight: torch.Tensor | None = None  # [N]: 0 marks an excluded position
+    hidden: torch.Tensor | None = None  # [N, H]: the teacher's final hidden states (see Targets)
 
     def rows(self, index: slice) -> BatchTargets:
         """The targets of a range of rows."""
@@ -242,7 +261,7 @@ class BatchTargets:
             return None if t is None else t[index]
 
         return BatchTargets(self.sampled_ids[index], cut(self.topk_ids), cut(self.topk_logprobs),
-                            cut(self.tail_logprob), cut(self.full_logprobs), cut(self.weight))
+                            cut(self.tail_logprob), cut(self.full_logprobs), cut(self.weight), cut(self.hidden))
 
     def weighted(self, per_token: torch.Tensor) -> torch.Tensor:
         """Per-token losses with excluded positions set to exactly 0 (not NaN * 0)."""
@@ -278,6 +297,7 @@ class BatchTargets:
             tail_logprob=cat("tail_logprob", torch.float32),
             full_logprobs=cat("full_logprobs"),  # float16 from the cache: full_kl widens a chunk at a time
             weight=cat("weight", torch.float32),
+            hidden=cat("hidden"),
         )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .batching import batches
-from .cache import as_stored
+from .cache import score_as_stored
 from .config import BakeConfig
 from .generation import ChunkStore, chunk_seed
 from .interfaces import SamplingConfig, Student, Teacher
@@ -38,7 +38,7 @@ class OnPolicySampler:
         self.teacher, self.student, self.renderer, self.config = teacher, student, renderer, config
         self.queries = {q.id: q for q in queries}
         self.store = ChunkStore(folder, "epoch")
-        self.kind = kind  # "topk" or "full": what the loss needs from the teacher
+        self.kind = kind  # "topk", "full" or "hidden": what the teacher hands over (Baker.target_kind)
 
     def chosen(self, epoch: int, count: int) -> list[int]:
         """The indices of the trajectories replaced in ``epoch`` (seeded by the bake's seed and the epoch)."""
@@ -73,6 +73,5 @@ class OnPolicySampler:
         new = [r.trajectory(q, s.token_ids, t.sample) for q, s, t in zip(queries, samples, old)]
         targets: list[Targets] = []
         for part in batches(new, cfg.score_batch_size * 4):
-            targets.extend(as_stored(self.teacher.score(part, top_k=cfg.top_k if self.kind == "topk" else None,
-                                                        full=self.kind == "full")))
+            targets.extend(score_as_stored(self.teacher, part, self.kind, cfg.top_k))
         return new, targets

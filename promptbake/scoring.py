@@ -197,10 +197,18 @@ def logits_to_targets(
 
 def score_targets(
     model: Any, trajectories: Sequence[Trajectory], side: Side, pad_id: int, device: Any,
-    *, top_k: int | None, full: bool, prefix: PrefixCache | None = None,
+    *, top_k: int | None, full: bool, prefix: PrefixCache | None = None, hidden: bool = False,
 ) -> list[Targets]:
     """Targets of one batch: final hidden states of the response rows, then the output
-    layer a few rows at a time where it splits off the decoder (else whole logits)."""
+    layer a few rows at a time where it splits off the decoder (else whole logits).
+
+    With ``hidden=True`` the targets are those hidden states themselves (``Targets.hidden``).
+    """
     head = split[1] if (split := split_head(model)) is not None else None
+    if hidden and head is None:
+        raise ValueError("hidden-state targets need a model whose output layer splits off its decoder")
     rows, lengths = response_logits(model, trajectories, side, pad_id, device, prefix, hidden=head is not None)
+    if hidden:
+        return [Targets(sampled_ids=torch.tensor(t.response_ids, dtype=torch.long), hidden=part.cpu())
+                for t, part in zip(trajectories, rows.split(list(lengths)))]
     return logits_to_targets(rows, lengths, trajectories, top_k=top_k, full=full, head=head)

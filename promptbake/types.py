@@ -97,7 +97,10 @@ class Targets:
     Row t describes the distribution over the response's token t, given
     everything before it on the prompted side. Sparse targets hold the top-K
     ids and log-probabilities plus the log of the remaining (tail) mass; full
-    targets hold log-probabilities over the whole vocabulary.
+    targets hold log-probabilities over the whole vocabulary, or the teacher's
+    final hidden states from which a student that shares the teacher's output
+    layer makes them (``hidden``: a few KB per row instead of the vocabulary's
+    size).
     """
 
     sampled_ids: torch.Tensor  # [R] int64: the response tokens themselves
@@ -108,6 +111,7 @@ class Targets:
     # [R] float32, 1 = train on this position, 0 = excluded (a hosted teacher's token
     # that could not be mapped to the student's vocabulary). None: every position.
     weight: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # [R, H] float16: the teacher's final hidden states
 
     def __len__(self) -> int:
         return int(self.sampled_ids.shape[0])
@@ -123,7 +127,7 @@ class Targets:
             return None if t is None else t[:n]
 
         return Targets(self.sampled_ids[:n], cut(self.topk_ids), cut(self.topk_logprobs),
-                       cut(self.tail_logprob), cut(self.full_logprobs), cut(self.weight))
+                       cut(self.tail_logprob), cut(self.full_logprobs), cut(self.weight), cut(self.hidden))
 
 
 @dataclass

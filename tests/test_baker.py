@@ -39,8 +39,11 @@ def test_bake_writes_a_complete_run_directory(tiny_model, bake_settings, loss):
     shard = load_file(run / "targets" / index["shards"][0]["file"])
     kinds = set(shard) - {"lengths"}  # one tensor per field, and each target's row count
     expected = {"ce": {"sampled_ids"}, "topk_kl": {"sampled_ids", "topk_ids", "topk_logprobs", "tail_logprob"},
-                "full_kl": {"sampled_ids", "full_logprobs"}}[loss]
+                # the hf teacher shares the student's weights: full targets travel as its hidden states
+                "full_kl": {"sampled_ids", "hidden"}}[loss]
     assert kinds == expected
+    if loss == "full_kl":
+        assert shard["hidden"].dtype == torch.float16 and shard["hidden"].shape[-1] == 32  # the tiny model's width
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if s["stage"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert result.metrics["steps"] == 6
@@ -220,7 +223,16 @@ def test_names_override_a_given_config():
     baker = Baker(config=config, loss="full_kl", epochs=2)
     assert baker.loss.name == "full_kl" and baker.config.loss == "full_kl" and baker.config.epochs == 2
     assert Baker(config=config).loss.name == "topk_kl"
-    assert Baker(PROMPT).config.loss == "topk_kl"  # defaults come from BakeConfig
+    # Unset: exact full_kl where the hf teacher shares the peft student's weights, else top-K.
+    assert Baker(PROMPT).config.loss == "full_kl"
+    assert Baker(PROMPT, teacher_model="other-model").config.loss == "topk_kl"
+    assert Baker(PROMPT, teacher=HostedLikeTeacher()).config.loss == "topk_kl"
+    from promptbake.interfaces import StudentCapabilities
+
+    class NoHidden(PeftStudent):
+        capabilities = StudentCapabilities()
+
+    assert Baker(PROMPT, student=NoHidden()).config.loss == "topk_kl"
 
 
 @pytest.mark.parametrize("caps, ok", [
@@ -305,3 +317,10 @@ def test_train_runs_the_batches_epoch_batches_plans(tmp_path):
         baker.train(trajs, [None] * len(trajs))
         assert baker.student.seen == [mb for epoch in plan for mb in epoch]
     assert Baker(PROMPT, epochs=3, batch_size=4, seed=0).epoch_batches(trajs) != plan  # the seed moves it
+
+
+def test_loss_options_that_do_not_fit_the_loss_are_refused_in_one_sentence():
+    with pytest.raises(ConfigError, match=r"Loss 'full_kl' \(the default here, as no loss was named\) does not "
+                                          r"take loss_options \['tail'\]"):
+        Baker(PROMPT, loss_options={"tail": False})
+    assert Baker(PROMPT, loss="topk_kl", loss_options={"tail": False}).loss.tail is False

@@ -22,7 +22,7 @@ def _events(run):
 def test_a_later_run_with_the_same_key_reuses_targets(tiny_model, bake_settings, tmp_path):
     spec = tiny_model()
     cache = tmp_path / "cache"
-    first = Baker(PROMPT, model=spec, target_cache=str(cache), evaluate=False,
+    first = Baker(PROMPT, model=spec, target_cache=str(cache), evaluate=False, loss="topk_kl",
                   **{**bake_settings, "out": str(tmp_path / "a")}).run()
     assert [e["cache"] for e in _events(first.run_dir) if e["stage"] == "score"] == ["miss"]
 
@@ -32,11 +32,11 @@ def test_a_later_run_with_the_same_key_reuses_targets(tiny_model, bake_settings,
                 raise AssertionError("targets should come from the cache")
             return super().score(*args, **kwargs)
 
-    second = Baker(PROMPT, model=spec, teacher=NoScoring(), target_cache=str(cache), evaluate=False,
+    second = Baker(PROMPT, model=spec, teacher=NoScoring(), target_cache=str(cache), evaluate=False, loss="topk_kl",
                    **{**bake_settings, "out": str(tmp_path / "b")}).run()
     assert [e["cache"] for e in _events(second.run_dir) if e["stage"] == "score"] == ["hit"]
     # A different K is a different key.
-    third = Baker(PROMPT, model=spec, target_cache=str(cache), evaluate=False, top_k=7,
+    third = Baker(PROMPT, model=spec, target_cache=str(cache), evaluate=False, loss="topk_kl", top_k=7,
                   **{**bake_settings, "out": str(tmp_path / "c")}).run()
     assert [e["cache"] for e in _events(third.run_dir) if e["stage"] == "score"] == ["miss"]
 
@@ -53,6 +53,39 @@ def test_a_cache_hit_trains_exactly_like_the_fresh_bake(tiny_model, bake_setting
     fresh, hit = (load_file(r.adapter_path / "adapter_model.safetensors") for r in runs)
     for key in fresh:  # full targets are held as float16, as stored, in both
         assert torch.equal(fresh[key], hit[key]), key
+
+
+def test_full_kl_from_hidden_states_trains_like_full_log_probs(tiny_model, bake_settings, tmp_path):
+    """The hf teacher hands the peft student its hidden states (2H bytes a token) instead of
+    full log-probs (2V): the same objective, so the adapters agree up to float16 rounding."""
+    from safetensors.torch import load_file
+
+    from promptbake.interfaces import StudentCapabilities
+    from promptbake.students.peft import PeftStudent
+
+    class FullLogProbs(PeftStudent):  # a student that cannot read hidden states
+        capabilities = StudentCapabilities(checkpoints=True, can_generate=True, adapters=True)
+
+    spec = tiny_model()
+    runs = {name: Baker(PROMPT, model=spec, loss="full_kl", student=student, evaluate=False,
+                        **{**bake_settings, "out": str(tmp_path / name), "max_grad_norm": 0.0}).run()
+            for name, student in (("hidden", None), ("logprobs", FullLogProbs()))}
+    kinds = {}
+    for name, run in runs.items():
+        index = json.loads((run.run_dir / "targets" / "index.json").read_text())
+        kinds[name] = set(load_file(run.run_dir / "targets" / index["shards"][0]["file"])) - {"lengths"}
+    assert kinds == {"hidden": {"sampled_ids", "hidden"}, "logprobs": {"sampled_ids", "full_logprobs"}}
+    # The same objective. The tiny model's KL is ~1e-4 here, where float16 log-probs (an error
+    # of ~1e-3 each) already move it by a fifth: compare in absolute terms. (Exactness of the
+    # hidden-state path is checked on a larger KL in test_scoring.)
+    losses = {name: [e["loss"] for e in _events(run.run_dir) if e["stage"] == "train" and "loss" in e]
+              for name, run in runs.items()}
+    assert len(losses["hidden"]) == 6 and min(losses["hidden"]) > 0
+    torch.testing.assert_close(torch.tensor(losses["hidden"]), torch.tensor(losses["logprobs"]), rtol=0, atol=3e-5)
+    a, b = (load_file(r.adapter_path / "adapter_model.safetensors") for r in runs.values())
+    moved_a, moved_b = (torch.cat([w[k].flatten() for k in sorted(w) if "lora_B" in k]) for w in (a, b))
+    assert moved_a.abs().max() > 1e-3  # training changed the adapter (lora_B starts at 0)
+    assert torch.nn.functional.cosine_similarity(moved_a, moved_b, dim=0) > 0.95
 
 
 def _targets(n=5, r=4, k=3):

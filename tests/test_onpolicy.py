@@ -17,9 +17,10 @@ from promptbake.teachers.hf import HFTeacher
 PROMPT = "Always answer like a pirate, matey."
 
 
-def test_each_epoch_trains_on_student_samples_scored_by_the_teacher(tiny_model, bake_settings):
+@pytest.mark.parametrize("loss", ["topk_kl", "full_kl"])
+def test_each_epoch_trains_on_student_samples_scored_by_the_teacher(tiny_model, bake_settings, loss):
     spec = tiny_model()
-    baker = Baker(PROMPT, model=spec, on_policy=0.5, evaluate=False, **bake_settings)
+    baker = Baker(PROMPT, model=spec, on_policy=0.5, evaluate=False, loss=loss, **bake_settings)
     result = baker.run()
     run = result.run_dir
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -41,7 +42,13 @@ def test_each_epoch_trains_on_student_samples_scored_by_the_teacher(tiny_model, 
             # Same query and both renderings' prefixes as the teacher's sample; the response is the student's.
             assert t.unprompted_ids[: t.unprompted_prefix_len] == base.unprompted_ids[: base.unprompted_prefix_len]
             assert t.prompted_ids[: t.prompted_prefix_len] == base.prompted_ids[: base.prompted_prefix_len]
-        # The targets are the prompted teacher's distribution on those student samples.
+        # The targets are the prompted teacher's distribution on those student samples
+        # (for full_kl its hidden states, stored as float16, as the off-policy targets are).
+        if loss == "full_kl":
+            for got, want in zip(targets, teacher.score_hidden(trajs)):
+                assert got.hidden.dtype == torch.float16 and got.topk_ids is None
+                torch.testing.assert_close(got.hidden.float(), want.hidden, rtol=1e-3, atol=1e-3)
+            continue
         again = teacher.score(trajs, top_k=baker.config.top_k, full=False)
         for got, want in zip(targets, again):
             torch.testing.assert_close(got.topk_logprobs, want.topk_logprobs, rtol=0, atol=1e-5)

@@ -9,7 +9,7 @@ from helpers import make_tiny_llama, make_tokenizer
 from promptbake.prefix_cache import PrefixCache, common_prefix
 from promptbake.render import Renderer
 from promptbake.scoring import logits_to_targets, response_logits
-from promptbake.types import Prefix, Query
+from promptbake.types import Prefix, Query, Targets
 
 LONG_PROMPT = "You are a pirate. " * 20
 
@@ -126,6 +126,66 @@ def test_loss_from_hidden_states_in_chunks_matches_full_logits():
         for n, p in model.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)
+
+
+def test_hidden_state_targets_give_the_teachers_full_log_probs():
+    """Targets.hidden (float16, as cached) through the output layer: the full log-probs."""
+    from promptbake.interfaces import BatchTargets
+    from promptbake.losses import FullKLLoss
+    from promptbake.scoring import score_targets, split_head
+
+    tok = make_tokenizer("smollm2")
+    teacher = make_tiny_llama(tok, seed=1)
+    trajs = _trajectories(tok, 4)
+    with torch.no_grad():
+        full = score_targets(teacher, trajs, "prompted", tok.pad_token_id, "cpu", top_k=None, full=True)
+        hidden = score_targets(teacher, trajs, "prompted", tok.pad_token_id, "cpu", top_k=None, full=False,
+                               hidden=True)
+    _, head = split_head(teacher)
+    for f, h in zip(full, hidden):
+        assert h.full_logprobs is None and h.hidden.shape == (len(f), teacher.config.hidden_size)
+        torch.testing.assert_close(torch.log_softmax(head(h.hidden.half().float()), -1), f.full_logprobs,
+                                   rtol=0, atol=2e-3)
+    # The loss from hidden-state targets equals the loss from the log-probs they stand for.
+    student = make_tiny_llama(tok)
+    s_hidden, lengths = response_logits(student, trajs, "unprompted", tok.pad_token_id, "cpu", hidden=True)
+    n = sum(lengths)
+    stored = [Targets(sampled_ids=h.sampled_ids, hidden=h.hidden.half()) for h in hidden]  # as cached
+    from_hidden = FullKLLoss().from_hidden(s_hidden, head, BatchTargets.concat(stored), n, chunk_size=5)
+    from_logprobs = FullKLLoss().from_hidden(s_hidden, head, BatchTargets.concat(full), n, chunk_size=5)
+    torch.testing.assert_close(from_hidden, from_logprobs, rtol=1e-3, atol=1e-5)
+
+
+def test_loss_from_hidden_states_runs_the_output_layer_once_per_chunk():
+    """Gradients are taken chunk by chunk in the forward pass: backward does not run the
+    output layer again (as activation checkpointing would), and a frozen head works too."""
+    from promptbake.interfaces import BatchTargets
+    from promptbake.losses import TopKKLLoss
+    from promptbake.scoring import split_head
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok, 3)
+    with torch.no_grad():
+        t_logits, lengths = response_logits(make_tiny_llama(tok, seed=1), trajs, "prompted", tok.pad_token_id, "cpu")
+    targets = BatchTargets.concat(logits_to_targets(t_logits, lengths, trajs, top_k=5, full=False))
+    _, head = split_head(model)
+    calls = []
+    head.register_forward_hook(lambda *_: calls.append(1))
+    for frozen in (False, True):
+        head.weight.requires_grad_(not frozen)
+        model.zero_grad()
+        hidden, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu", hidden=True)
+        calls.clear()
+        value = TopKKLLoss().from_hidden(hidden, head, targets, sum(lengths), chunk_size=4)
+        value.backward()
+        assert len(calls) == -(-sum(lengths) // 4)
+        assert (head.weight.grad is None) == frozen
+        assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # no graph at all: the value alone
+        hidden, _ = response_logits(model, trajs, "unprompted", tok.pad_token_id, "cpu", hidden=True)
+        value = TopKKLLoss().from_hidden(hidden, head, targets, sum(lengths), chunk_size=4)
+    assert not value.requires_grad and value > 0
 
 
 def test_generation_with_prefix_reuse_matches_plain_generation():

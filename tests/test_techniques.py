@@ -146,7 +146,7 @@ def test_pursuit_bakes_each_round_with_the_last_rounds_merged_model_as_teacher(t
     spec = tiny_model()
     before = _params(spec)
     out = tmp_path / "pursuit"
-    results = pursue(PROMPT, 2, out, model=spec, **FAST)
+    results = pursue(PROMPT, 2, out, model=spec, loss="topk_kl", **FAST)  # top-K targets, compared below
     assert [r.run_dir for r in results] == [out / "round-1", out / "round-2"]
     merged1, merged2 = (out / "round-1" / "merged").resolve(), (out / "round-2" / "merged").resolve()
     assert json.loads((out / "round-1" / "config.json").read_text())["model"] == spec
@@ -179,11 +179,11 @@ def test_pursuit_bakes_each_round_with_the_last_rounds_merged_model_as_teacher(t
 
     # A finished pursuit resumes to the same results without baking or merging again; a new one needs a free out.
     stamp = (merged2 / "model.safetensors").stat().st_mtime_ns
-    again = pursue(PROMPT, 2, out, model=spec, resume=True, **FAST)
+    again = pursue(PROMPT, 2, out, model=spec, loss="topk_kl", resume=True, **FAST)
     assert [r.adapter_path for r in again] == [r.adapter_path for r in results]
     assert (merged2 / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="already exists"):
-        pursue(PROMPT, 2, out, model=spec, **FAST)
+        pursue(PROMPT, 2, out, model=spec, loss="topk_kl", **FAST)
 
 
 def test_sequential_bakes_each_prompt_into_the_previous_result(tiny_model, tmp_path):

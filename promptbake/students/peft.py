@@ -39,13 +39,13 @@ class PeftStudent(Student):
 
     name = "peft"
     capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=True, can_generate=True,
-                                       adapters=True)
+                                       adapters=True, hidden_targets=True)
 
-    def __init__(self, model: str | None = None, head_chunk: int | None = 1024):
+    def __init__(self, model: str | None = None, head_chunk: int | None = 256):
         self.model_spec = model
         # Above this many response rows per micro-batch, logits are computed in chunks of
-        # this size from hidden states (recomputed in backward) instead of all at once
-        # (full_kl uses its own, smaller chunk_size).
+        # this size from hidden states, each chunk's gradient taken at once (Loss.from_hidden),
+        # instead of all at once (full_kl uses its own chunk_size).
         self.head_chunk = head_chunk
         self.handle: models.ModelHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -108,9 +108,12 @@ class PeftStudent(Student):
             trajs = [t for t, _ in mb]
             targets = BatchTargets.concat([tg for _, tg in mb], device=h.device)
             rows = sum(t.response_len for t in trajs)
-            # full_kl holds [rows, V] teacher targets already: it always goes in its own chunks.
+            # full_kl holds [rows, V] teacher targets (or makes them from the teacher's hidden
+            # states through the output layer): it always goes in its own chunks.
             chunk = getattr(loss, "chunk_size", None) if loss.needs == "full" else self.head_chunk
-            split = split_head(model) if chunk and rows > chunk else None
+            split = split_head(model) if chunk and (rows > chunk or targets.hidden is not None) else None
+            if targets.hidden is not None and split is None:
+                raise RuntimeError("hidden-state targets need the output layer split off the decoder")
             if split is not None:  # large: logits chunk by chunk from hidden states
                 hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
                                             hidden=True)
@@ -130,6 +133,10 @@ class PeftStudent(Student):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": total, "lr": lr, "grad_norm": grad_norm, "tokens": float(num_tokens)}
+
+    def reads_hidden_targets(self, head: Any) -> bool:
+        split = split_head(self._handle.peft_model)
+        return split is not None and split[1] is head and not any(p.requires_grad for p in head.parameters())
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:

@@ -18,7 +18,7 @@ from ..config import BakeConfig
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from ..prefix_cache import PrefixCache
 from ..sampling import sample_rows
-from ..scoring import score_targets
+from ..scoring import score_targets, split_head
 from ..types import Prefix, Sample, Targets, Trajectory
 
 
@@ -28,6 +28,7 @@ class HFTeacher(Teacher):
     name = "hf"
     capabilities = TeacherCapabilities(
         can_generate=True, can_score=True, max_top_k=None, full_logits=True, token_ids=True, default_top_k=256,
+        hidden_states=True,
     )
 
     def __init__(self, model: str | None = None, generate_batch_size: int | None = None,
@@ -71,13 +72,20 @@ class HFTeacher(Teacher):
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
-              side: Side = "prompted") -> list[Targets]:
+              side: Side = "prompted", hidden: bool = False) -> list[Targets]:
         h = self._handle
         out: list[Targets] = []
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             for part in batches(trajectories, self.score_batch_size or 8):
                 prefix = self.prefixes[side] if self.prefixes else None
                 out.extend(score_targets(h.model, part, side, h.tokenizer.pad_token_id, h.device,
-                                         top_k=top_k, full=full, prefix=prefix))
+                                         top_k=top_k, full=full, prefix=prefix, hidden=hidden))
         return out
+
+    def score_hidden(self, trajectories: Sequence[Trajectory]) -> list[Targets]:
+        return self.score(trajectories, top_k=None, full=False, hidden=True)
+
+    def output_layer(self) -> Any | None:
+        split = split_head(self._handle.model)
+        return split[1] if split is not None else None
 

@@ -62,8 +62,8 @@ def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     model = save_tiny_model(tmp)
     run = tmp / "run"
-    Baker(PROMPT, model=str(model), max_queries=6, samples_per_query=2, max_new_tokens=8, epochs=1,
-          evaluate=False, progress=False, device="cpu", out=str(run)).run()
+    Baker(PROMPT, model=str(model), loss="topk_kl", max_queries=6, samples_per_query=2, max_new_tokens=8,
+          epochs=1, evaluate=False, progress=False, device="cpu", out=str(run)).run()
     return model, run
 
 

@@ -153,28 +153,42 @@ def workload(queries: int = 32, samples: int = 2, tokens: int = 64, epochs: int 
     return work
 
 
-def time_scoring(teacher: HFTeacher, tokenizer, queries, prompt_tokens: int, reuse: bool, tokens: int,
-                 repeats: int = 1) -> dict:
-    """Teacher scoring (top-20) at one system-prompt length: the first call (which builds the
-    prefix cache when reuse is on), then seconds per trajectory (the fastest of ``repeats``
-    passes over all of them, as timeit does: the machine's noise only ever adds time), and
-    the arithmetic those passes do (:func:`scoring_flops`)."""
+def scoring_trajectories(tokenizer, queries, prompt_tokens: int, tokens: int) -> list:
+    """One trajectory per query behind a system prompt of ``prompt_tokens`` tokens, with a
+    fixed response of ``tokens`` tokens."""
     prompt = system_prompt(tokenizer, prompt_tokens) or " "
     renderer = Renderer(tokenizer, prompt, max_length=prompt_tokens + 512)
     filler = tokenizer("The answer is simple and short. " * 20, add_special_tokens=False)["input_ids"][:tokens]
-    trajs = [renderer.trajectory(q, filler, 0) for q in queries]
-    teacher.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if reuse else None
-    start = time.perf_counter()
-    teacher.score(trajs[:2], top_k=20, full=False)
-    first = time.perf_counter() - start
-    passes = []
-    for _ in range(repeats):
+    return [renderer.trajectory(q, filler, 0) for q in queries]
+
+
+def time_scoring(teacher: HFTeacher, tokenizer, queries, lengths: list[int], reuse: bool, tokens: int,
+                 repeats: int = 1) -> dict:
+    """Teacher scoring (top-20) at each system-prompt length in ``lengths``: the first call
+    (which builds the prefix cache when reuse is on), then seconds per trajectory, the
+    fastest of ``repeats`` passes over all of them (the machine's noise only ever adds
+    time). The passes go round the lengths in turn, so a slow spell of this shared machine
+    falls on every length alike rather than on one. Each entry also holds the arithmetic of
+    a pass (:func:`scoring_flops`)."""
+    out, setups = {}, {}
+    for n in lengths:
+        trajs = scoring_trajectories(tokenizer, queries, n, tokens)
+        teacher.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if reuse else None
         start = time.perf_counter()
-        teacher.score(trajs, top_k=20, full=False)
-        passes.append((time.perf_counter() - start) / len(trajs))
-    cached = common_prefix([t.prompted_ids for t in trajs]) if reuse else 0
-    return {"first_call_s": first, "per_trajectory_s": min(passes), "passes_s": passes,
-            "gflop_per_trajectory": scoring_flops(teacher.handle.model.config, trajs, cached) / len(trajs) / 1e9}
+        teacher.score(trajs[:2], top_k=20, full=False)
+        cached = common_prefix([t.prompted_ids for t in trajs]) if reuse else 0
+        setups[n] = (trajs, teacher.prefixes)
+        out[n] = {"first_call_s": time.perf_counter() - start, "passes_s": [],
+                  "gflop_per_trajectory": scoring_flops(teacher.handle.model.config, trajs, cached) / len(trajs) / 1e9}
+    for _ in range(repeats):
+        for n in lengths:
+            trajs, teacher.prefixes = setups[n]
+            start = time.perf_counter()
+            teacher.score(trajs, top_k=20, full=False)
+            out[n]["passes_s"].append((time.perf_counter() - start) / len(trajs))
+    for row in out.values():
+        row["per_trajectory_s"] = min(row["passes_s"])
+    return {f"{n}{'_reuse' if reuse else ''}": row for n, row in out.items()}
 
 
 def scoring_flops(config, trajs, cached: int) -> float:
@@ -299,6 +313,8 @@ def main() -> None:
     ap.add_argument("--wide-scoring", action=argparse.BooleanOptionalAction, default=True,
                     help="Also time scoring on a wider random-weight model (default: on).")
     ap.add_argument("--wide-only", action="store_true", help="Only the wider model's scoring times.")
+    ap.add_argument("--scoring-only", action="store_true",
+                    help="Only the scoring times with prefix reuse (and the wider model's, unless --no-wide-scoring).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of generation, LoRA init and batch order.")
     ap.add_argument("--default-and-naive", action="store_true",
                     help="Run only the default and naive variants (to see how held-out KL moves with --seed).")
@@ -318,13 +334,22 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "settings": vars(args)}
-    if args.wide_only:
+    if args.wide_only or args.scoring_only:
         handle = models.load("smollm2-135m", "float32", "cpu")
         config = BakeConfig(prompt="x", model="smollm2-135m", dtype="float32", device="cpu", progress=False)
-        wide = wide_scoring(config, handle.tokenizer, load_queries(None, "train", 16), args)
-        print(json.dumps({"wide_scoring_s_per_trajectory": wide,
-                          "ratio_2048_over_0": _per(wide, "2048_reuse") / _per(wide, "0_reuse"),
-                          "flops_ratio_2048_over_0": _flops(wide, "2048_reuse") / _flops(wide, "0_reuse")}, indent=2))
+        queries, lengths = load_queries(None, "train", 16), [int(x) for x in args.score_lengths.split(",")]
+        out = {}
+        if args.scoring_only:
+            teacher = HFTeacher()
+            teacher.setup(config)
+            out["scoring_s_per_trajectory"] = time_scoring(teacher, handle.tokenizer, queries, lengths, True,
+                                                           args.tokens, args.score_repeats)
+        if args.wide_scoring or args.wide_only:
+            out["wide_scoring_s_per_trajectory"] = wide_scoring(config, handle.tokenizer, queries, args)
+        for name, rows in out.items():
+            print(f"{name}: 2048/0 time {_per(rows, '2048_reuse') / _per(rows, '0_reuse'):.3f}, "
+                  f"arithmetic {_flops(rows, '2048_reuse') / _flops(rows, '0_reuse'):.3f}")
+        print(json.dumps(out, indent=2))
         return
     work = workload(args.queries, args.samples, args.tokens, args.epochs, args.prompt_tokens, args.batch_size,
                     args.heldout, args.seed)
@@ -397,11 +422,10 @@ def main() -> None:
 
     # scoring time per trajectory vs system-prompt length
     queries = load_queries(None, "train", 16)
-    scoring = {}
-    for n in [int(x) for x in args.score_lengths.split(",")]:
-        for reuse in (False, True):
-            scoring[f"{n}{'_reuse' if reuse else ''}"] = time_scoring(
-                teacher, work.tokenizer, queries, n, reuse, args.tokens, args.score_repeats if reuse else 1)
+    lengths = [int(x) for x in args.score_lengths.split(",")]
+    scoring = {**time_scoring(teacher, work.tokenizer, queries, lengths, False, args.tokens),
+               **time_scoring(teacher, work.tokenizer, queries, lengths, True, args.tokens, args.score_repeats)}
+    for n in lengths:
         print(f"scoring at {n} prompt tokens: {scoring[str(n)]['per_trajectory_s']:.3f} s/traj plain, "
               f"{scoring[f'{n}_reuse']['per_trajectory_s']:.3f} with reuse", flush=True)
     results["scoring_s_per_trajectory"] = scoring
@@ -450,10 +474,10 @@ def wide_scoring(config: BakeConfig, tokenizer, queries, args: argparse.Namespac
     models.register_handle(handle, "float32")
     teacher = HFTeacher()
     teacher.setup(replace(config, model=WIDE))
-    out = {}
-    for n in [int(x) for x in args.score_lengths.split(",")]:
-        out[f"{n}_reuse"] = time_scoring(teacher, tokenizer, queries, n, True, args.tokens, args.score_repeats)
-        print(f"wide model, scoring at {n} prompt tokens: {out[f'{n}_reuse']['per_trajectory_s']:.3f} s/traj "
+    out = time_scoring(teacher, tokenizer, queries, [int(x) for x in args.score_lengths.split(",")], True,
+                       args.tokens, args.score_repeats)
+    for key, row in out.items():
+        print(f"wide model, scoring at {key.split('_')[0]} prompt tokens: {row['per_trajectory_s']:.3f} s/traj "
               f"with reuse", flush=True)
     models.release(handle)  # the wide model's 0.5 B float32 weights
     return out

@@ -127,6 +127,10 @@ class BakeConfig:
             raise ConfigError(f"on_policy must be a fraction between 0 and 1, got {self.on_policy!r}.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run directory and --overwrite replaces it; pass one of them.")
+        for name in ("teacher_options", "student_options", "loss_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a table of settings such as {{tail = false}} "
+                                  f"(or {name}.KEY=VALUE with --set), got {getattr(self, name)!r}.")
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -29,6 +29,8 @@ def test_example_toml_is_valid():
     ({"max_queries": 0}, "max_queries must be a positive integer"),
     ({"warmup_ratio": 1}, "warmup_ratio must be in"),
     ({"lora_alpha": -1}, "lora_alpha must be > 0"),
+    ({"loss_options": '{"tail": false}'}, "loss_options must be a table"),
+    ({"teacher_options": ["x"]}, "teacher_options must be a table"),
 ])
 def test_invalid_values_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -53,9 +53,11 @@ chromium:
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# One process, the embedded model: naive loop vs default vs lower bound (about 15 min on 2 cores).
+# The embedded model: naive loop vs default vs lower bound (about 30 min on 2 cores), then
+# sampling with and without shared-prefix decoding (about 10 min); each in one process.
 bench: install
 	$(BIN)/python benchmarks/bake_speed.py --json benchmarks/results/bake_speed.json
+	$(BIN)/python benchmarks/generation.py --json benchmarks/results/generation.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

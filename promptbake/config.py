@@ -56,7 +56,7 @@ class BakeConfig:
     dtype: str = "auto"
     device: str = "auto"
     score_batch_size: int = 8
-    generate_batch_size: int = 16
+    generate_batch_size: int = 64  # rows decoded together (decoding a few rows at a time is memory-bound)
     out: str | None = None
     target_cache: str | None = None  # a folder shared by runs: same key, no teacher calls
     on_policy: float = 0.0  # fraction of each epoch's data sampled by the student itself (see onpolicy.py)

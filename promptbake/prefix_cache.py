@@ -138,7 +138,7 @@ def shared_prefix_forward(module: Any, query: torch.Tensor, key: torch.Tensor, v
                                       scaling=scaling, **kwargs)
     pk, pv = prefix.layer(module.layer_idx)
     b, h, t, d = query.shape
-    kv = key.shape[1]
+    kv, s = key.shape[1], key.shape[2]  # S > T when decoding with a cache of the batch's own tokens
     g = h // kv
     scale = scaling if scaling is not None else d ** -0.5
     # Query heads grouped by the KV head they read (head i reads KV head i // g), with
@@ -148,8 +148,8 @@ def shared_prefix_forward(module: Any, query: torch.Tensor, key: torch.Tensor, v
     # The batch's own tokens: small [KV, B, gT, T] scores under the causal/padding mask.
     s_own = torch.matmul(q.reshape(kv, b, g * t, d), key.permute(1, 0, 3, 2)).float().mul_(scale)
     if attention_mask is not None:
-        allowed = attention_mask[:, 0].to(torch.bool)  # [B, T, T]
-        allowed = allowed[None, :, None].expand(kv, b, g, t, t).reshape(kv, b, g * t, t)
+        allowed = attention_mask[:, 0].to(torch.bool)  # [B, T, S]
+        allowed = allowed[None, :, None].expand(kv, b, g, t, s).reshape(kv, b, g * t, s)
         s_own = s_own.masked_fill(~allowed, float("-inf"))
     # Merge the two parts by their log-sum-exps (a padded query row has only the prefix part).
     lse = torch.logaddexp(lse_pre.view(kv, b, g * t), torch.logsumexp(s_own, -1))

@@ -1,0 +1,125 @@
+"""Sampling from a local model: shared-prefix decoding against ``model.generate``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_tiny_llama, make_tokenizer
+
+import promptbake.sampling as sampling_mod
+from promptbake.interfaces import SamplingConfig
+from promptbake.prefix_cache import PrefixCache
+from promptbake.render import Renderer
+from promptbake.sampling import sample_rows
+from promptbake.types import Query
+
+PROMPT = "You are a pirate who answers every question about the sea. " * 4
+
+
+def _tiny_qwen3(tok):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    return Qwen3ForCausalLM(config).to(torch.float32).eval()
+
+
+def _prefixes(tok, n=5):
+    r = Renderer(tok, PROMPT)
+    # Questions of different lengths: the rows' own parts are left-padded in one batch.
+    return [r.prefix(Query(f"q{i}", ({"role": "user", "content": "Why is the sea so wide? " * (i + 1)},)), True)
+            for i in range(n)]
+
+
+def _tokens(samples):
+    return [[s.token_ids for s in group] for group in samples]
+
+
+def _plain(model, tok, prefixes, sampling, batch_size=6):
+    """``model.generate`` over whole rows: no prefix cache at all."""
+    return _tokens(sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", batch_size))
+
+
+def _spy_on_copies(monkeypatch):
+    monkeypatch.setattr(PrefixCache, "expand", lambda self, n: pytest.fail("prefix copied per row"))
+    monkeypatch.setattr(sampling_mod, "_generate", lambda *a, **k: pytest.fail("model.generate used"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_shared_prefix_decoding_gives_generates_greedy_tokens(arch, monkeypatch):
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok) if arch == "llama" else _tiny_qwen3(tok)
+    prefixes = _prefixes(tok)
+    greedy = SamplingConfig(n=2, temperature=0, max_new_tokens=12, min_new_tokens=1)
+    free = _plain(model, tok, prefixes, greedy)
+    # A token some rows produce after their first and others never do: a stop id, so
+    # rows finish at different steps and leave the batch (a first token cannot stop).
+    rows = [t for group in free for t in group]
+    stop = next(tok_id for row in rows for tok_id in row[1:]
+                if any(tok_id not in other for other in rows) and all(other[0] != tok_id for other in rows))
+    sampling = SamplingConfig(n=2, temperature=0, max_new_tokens=12, min_new_tokens=1, stop_ids=[stop])
+    expected = _plain(model, tok, prefixes, sampling)
+    lengths = [len(t) for group in expected for t in group]
+    assert min(lengths) < 12 and max(lengths) == 12  # some stopped early, some ran to the limit
+
+    from transformers import DynamicCache
+
+    selected = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices",
+                        lambda self, idx: selected.append(len(idx)) or select(self, idx))
+    _spy_on_copies(monkeypatch)
+    cache = PrefixCache()
+    got = _tokens(sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 6, cache))
+    assert len(cache.ids) > 40  # the system prompt came from the cache
+    assert got == expected
+    assert selected  # finished rows left the batch
+    assert model.config._attn_implementation == "sdpa"  # restored after decoding
+
+
+def test_min_new_tokens_holds_back_the_stop_ids(monkeypatch):
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    prefixes = _prefixes(tok, 2)
+    first = _plain(model, tok, prefixes, SamplingConfig(n=1, temperature=0, max_new_tokens=1))
+    stop = first[0][0][0]  # what the first row would say first
+    sampling = SamplingConfig(n=1, temperature=0, max_new_tokens=5, min_new_tokens=3, stop_ids=[stop])
+    expected = _plain(model, tok, prefixes, sampling)
+    _spy_on_copies(monkeypatch)
+    got = _tokens(sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 6, PrefixCache()))
+    assert got == expected
+    assert stop not in got[0][0][:3]
+
+
+def test_sampling_is_seeded_and_follows_top_p(monkeypatch):
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    prefixes = _prefixes(tok, 3)
+    _spy_on_copies(monkeypatch)
+
+    def run(**kw):
+        sampling = SamplingConfig(**{"n": 2, "temperature": 1.0, "max_new_tokens": 8, "min_new_tokens": 8, **kw})
+        return _tokens(sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 6, PrefixCache()))
+
+    first = run(seed=3)
+    assert run(seed=3) == first
+    assert run(seed=4) != first
+    assert first[0][0] != first[0][1]  # a prefix's rows sample apart from their shared prefill
+    greedy = run(temperature=0)
+    # A nucleus this small holds only the most likely token; a temperature this low, the same.
+    assert run(seed=5, top_p=1e-9) == greedy
+    assert run(seed=6, temperature=1e-5) == greedy
+
+
+def test_rows_without_a_shared_prefix_use_generate(monkeypatch):
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    prefixes = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]]
+    calls = []
+    generate = sampling_mod._generate
+    monkeypatch.setattr(sampling_mod, "_generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
+    sampling = SamplingConfig(n=1, temperature=0, max_new_tokens=4)
+    sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 6, PrefixCache())
+    assert calls == [1]

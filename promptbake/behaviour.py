@@ -39,6 +39,7 @@ class Sides:
     renderer: Renderer
     max_new_tokens: int = 48
     show_progress: bool = True
+    batch_rows: int = 64  # rows sampled per call (the bake's generate_batch_size)
 
     def greedy(self) -> SamplingConfig:
         return SamplingConfig(n=1, temperature=0.0, max_new_tokens=self.max_new_tokens,
@@ -60,7 +61,7 @@ class Sides:
         pre = self.prefixes(queries, prompted)
         out: list[list[Sample]] = []
         with counter(len(queries), f"answers ({side})", self.show_progress, unit="query") as bar:
-            for part in batches(pre, max(1, 16 // sampling.n)):
+            for part in batches(pre, max(1, self.batch_rows // sampling.n)):
                 if side == "prompted":
                     got = self.teacher.generate(part, sampling)
                 else:

@@ -51,7 +51,8 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
     """
     if not queries or not student.capabilities.can_generate:
         return {}
-    sides = behaviour.Sides(teacher, student, renderer, config.max_new_tokens, config.progress)
+    sides = behaviour.Sides(teacher, student, renderer, config.max_new_tokens, config.progress,
+                            config.generate_batch_size)
     probes = parse_probes(config.probes)
     names = [*behaviour.SIDES, *(["reprompted"] if config.reprompt else [])]
     rows, stats = behaviour.answers(sides, queries, names)

@@ -37,6 +37,7 @@ __all__ = [
     "CHAT_TEMPLATES",
     "make_tokenizer",
     "make_tiny_llama",
+    "make_tiny_qwen3",
     "save_tiny_model",
     "chat_ids",
 ]
@@ -330,6 +331,17 @@ def make_tiny_llama(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
     return model
+
+
+def make_tiny_qwen3(tokenizer: Any, seed: int = 1) -> Any:
+    """A randomly initialised float32 ``Qwen3ForCausalLM`` (grouped KV heads, q/k norms, untied head)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config).to(torch.float32).eval()
 
 
 def save_tiny_model(tmp_path: str | pathlib.Path, style: str = "smollm2", seed: int = 0) -> pathlib.Path:

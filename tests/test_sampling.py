@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from helpers import make_tiny_llama, make_tokenizer
+from helpers import make_tiny_llama, make_tiny_qwen3, make_tokenizer
 
 import promptbake.sampling as sampling_mod
 from promptbake.interfaces import SamplingConfig
@@ -14,16 +13,6 @@ from promptbake.sampling import sample_rows
 from promptbake.types import Query
 
 PROMPT = "You are a pirate who answers every question about the sea. " * 4
-
-
-def _tiny_qwen3(tok):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(1)
-    return Qwen3ForCausalLM(config).to(torch.float32).eval()
 
 
 def _prefixes(tok, n=5):
@@ -50,7 +39,7 @@ def _spy_on_copies(monkeypatch):
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_shared_prefix_decoding_gives_generates_greedy_tokens(arch, monkeypatch):
     tok = make_tokenizer("smollm2")
-    model = make_tiny_llama(tok) if arch == "llama" else _tiny_qwen3(tok)
+    model = make_tiny_llama(tok) if arch == "llama" else make_tiny_qwen3(tok)
     prefixes = _prefixes(tok)
     greedy = SamplingConfig(n=2, temperature=0, max_new_tokens=12, min_new_tokens=1)
     free = _plain(model, tok, prefixes, greedy)

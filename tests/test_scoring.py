@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_tiny_llama, make_tokenizer
+from helpers import make_tiny_llama, make_tiny_qwen3, make_tokenizer
 
 from promptbake.prefix_cache import PrefixCache, common_prefix
 from promptbake.render import Renderer
@@ -243,23 +243,13 @@ def test_whole_model_fallback_matches_the_split_path():
     torch.testing.assert_close(whole, split, rtol=1e-4, atol=1e-5)
 
 
-def _tiny_qwen3(tok):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(1)
-    return Qwen3ForCausalLM(config).to(torch.float32).eval()
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("fused", [True, False])
 def test_shared_prefix_attention_matches_a_full_forward_without_copying_the_cache(arch, fused, monkeypatch):
     import promptbake.prefix_cache as prefix_mod
 
     tok = make_tokenizer("smollm2")
-    model = make_tiny_llama(tok) if arch == "llama" else _tiny_qwen3(tok)
+    model = make_tiny_llama(tok) if arch == "llama" else make_tiny_qwen3(tok)
     trajs = _trajectories(tok, 7)  # responses of different lengths: right padding inside the batch
     plain, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
     monkeypatch.setattr(prefix_mod, "FUSED_CPU", fused)

@@ -115,11 +115,12 @@ def shared_prefix_attention(model: Any) -> Iterator[None]:
         config._attn_implementation = before
 
 
-def causal_mask(lengths: Sequence[int], width: int, device: Any) -> torch.Tensor:
-    """Boolean [B, 1, T, T] mask over a batch's own tokens: causal, and no padded keys."""
-    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-    keys = torch.arange(width, device=device)[None, :] < torch.tensor(list(lengths), device=device)[:, None]
-    return (causal[None] & keys[:, None, :])[:, None]
+def causal_mask(real: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, 1, T, T] mask over a batch's own tokens from ``real`` [B, T] (True where a
+    token is not padding): causal, and no padded keys."""
+    width = real.shape[1]
+    causal = torch.ones((width, width), dtype=torch.bool, device=real.device).tril()
+    return (causal[None] & real[:, None, :])[:, None]
 
 
 def shared_prefix_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

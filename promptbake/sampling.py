@@ -20,6 +20,7 @@ from .interfaces import SamplingConfig
 from .prefix_cache import (
     PREFIX_KWARG,
     PrefixCache,
+    causal_mask,
     shared_prefix_attention,
     supports_shared_prefix,
     unwrapped,
@@ -123,12 +124,10 @@ def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: Pr
     ids, real = ids.to(device), real.to(device)
     # Positions continue after the cached prompt; a left pad's position is never read.
     positions = (real.long().cumsum(-1) - 1).clamp(min=0) + shared
-    width = ids.shape[1]
-    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
     cache = DynamicCache(config=unwrapped(model).config)
     call = {PREFIX_KWARG: prefix, "past_key_values": cache, "use_cache": True}
     with shared_prefix_attention(model):
-        logits = model(input_ids=ids, attention_mask=(causal[None] & real[:, None, :])[:, None],
+        logits = model(input_ids=ids, attention_mask=causal_mask(real),
                        position_ids=positions, logits_to_keep=1, **call).logits[:, -1]
         n = sampling.n
         if n > 1:  # the rows of one prefix share its prefill

@@ -107,7 +107,8 @@ def response_logits(
     # Shared-prefix attention reads the one cached prompt; otherwise each row gets a copy.
     in_place = bool(shared) and prefix is not None and supports_shared_prefix(model)
     if in_place:
-        mask = causal_mask([len(s) for s in rest], width, device)
+        real = torch.arange(width)[None, :] < torch.tensor([len(s) for s in rest])[:, None]  # right-padded
+        mask = causal_mask(real.to(device))
         kwargs[PREFIX_KWARG] = prefix
         attention = shared_prefix_attention(model)
     else:

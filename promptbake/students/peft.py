@@ -154,7 +154,7 @@ class PeftStudent(Student):
         h = self._handle
         if not sampling.stop_ids:
             sampling = dataclasses.replace(sampling, stop_ids=[h.tokenizer.eos_token_id])
-        size = self.config.generate_batch_size if self.config else 64
+        size = (self.config or BakeConfig).generate_batch_size
         with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             return sample_rows(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
                                h.device, size)

@@ -68,7 +68,7 @@ class HFTeacher(Teacher):
         prefix = self.prefixes["prompted"] if self.prefixes else None
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             return sample_rows(h.model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
-                               h.device, self.generate_batch_size or 64, prefix, self.show_progress)
+                               h.device, self.generate_batch_size or BakeConfig.generate_batch_size, prefix, self.show_progress)
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,

@@ -104,7 +104,7 @@ def main() -> None:
     for key, row in rows.items():
         row["seconds"] = min(row["passes_s"])
         row["ms_per_token"] = 1000 * row["seconds"] / (n_rows * args.tokens)
-    first = f"generate_b{configs[0][1]}"  # the old default: the baseline of every ratio
+    first = f"generate_b{configs[0][1]}"  # the old default, which the prompted configurations are compared to
     same = {key: sum(a == b for a, b in zip(tokens[first], got)) / n_rows for key, got in tokens.items()
             if rows[key]["path"] != "unprompted"}
     ratios = {}

@@ -124,6 +124,7 @@ def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: Pr
     ids, real = ids.to(device), real.to(device)
     # Positions continue after the cached prompt; a left pad's position is never read.
     positions = (real.long().cumsum(-1) - 1).clamp(min=0) + shared
+    position = positions[:, -1:] + 1  # each row's next token
     cache = DynamicCache(config=unwrapped(model).config)
     call = {PREFIX_KWARG: prefix, "past_key_values": cache, "use_cache": True}
     with shared_prefix_attention(model):
@@ -133,12 +134,11 @@ def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: Pr
         if n > 1:  # the rows of one prefix share its prefill
             cache.batch_repeat_interleave(n)
             logits, real = logits.repeat_interleave(n, 0), real.repeat_interleave(n, 0)
-            positions = positions.repeat_interleave(n, 0)
+            position = position.repeat_interleave(n, 0)
         rows = len(prefixes) * n
         new = torch.full((rows, sampling.max_new_tokens), pad_id, dtype=torch.long, device=device)
         alive = torch.arange(rows, device=device)  # original row of each batch row
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        position = positions[:, -1:] + 1
         for step in range(sampling.max_new_tokens):
             scores = logits.float()
             if step < sampling.min_new_tokens and len(stop):

@@ -46,6 +46,8 @@ from promptbake.types import Targets, Trajectory
 from . import client
 
 TINKER_FILE = "tinker.json"
+STATE_FILE = "tinker_state.json"  # in a checkpoint folder: where the service keeps the training state
+STATE_TTL = 7 * 24 * 3600  # checkpoints only serve a resume; the service bills storage by the month
 
 
 class TinkerStudent(Student):
@@ -61,18 +63,32 @@ class TinkerStudent(Student):
         download: after training, fetch the adapter files into the adapter folder (default
             True); False writes only the ``tinker://`` paths.
         ttl_seconds: how long the service keeps the saved weights (default: forever).
+        state_ttl_seconds: how long it keeps each training checkpoint (default 7 days; at
+            least 3600, the service's minimum).
+
+    Checkpoints: every ``checkpoint_every`` steps the Baker asks for :meth:`save_state`,
+    which saves the LoRA weights and Adam moments on the service (``save_state``) and
+    writes their ``tinker://`` path, the step count and the base model to the run's
+    checkpoint folder. A resumed bake reads that file and continues in a training client
+    created from the saved state with its optimizer
+    (``create_training_client_from_state_with_optimizer``).
     """
 
     name = "tinker"
-    capabilities = StudentCapabilities(losses=frozenset({"ce", "topk_kl"}), can_score=False)
+    capabilities = StudentCapabilities(losses=frozenset({"ce", "topk_kl"}), can_score=False, checkpoints=True)
 
     def __init__(self, model: str | None = None, base_url: str | None = None,
                  timeout: float = client.DEFAULT_TIMEOUT, train_mlp: bool = True, train_attn: bool = True,
                  train_unembed: bool = True, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
-                 soft_ce: bool = False, download: bool = True, ttl_seconds: int | None = None):
+                 soft_ce: bool = False, download: bool = True, ttl_seconds: int | None = None,
+                 state_ttl_seconds: int | None = STATE_TTL):
         who = "Student 'tinker'"
         if not (train_mlp or train_attn or train_unembed):
             raise ConfigError(f"{who} needs at least one of train_mlp, train_attn, train_unembed set.")
+        for key, ttl in (("ttl_seconds", ttl_seconds), ("state_ttl_seconds", state_ttl_seconds)):
+            if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 3600):
+                raise ConfigError(f"{who} option {key} must be a whole number of seconds, at least 3600 "
+                                  f"(the service's minimum), or null to keep forever; got {ttl!r}.")
         self.model_name = model
         self.base_url = base_url
         self.timeout = client.check_timeout(who, timeout)
@@ -82,6 +98,7 @@ class TinkerStudent(Student):
         self.soft_ce = bool(soft_ce)
         self.download = bool(download)
         self.ttl_seconds = ttl_seconds
+        self.state_ttl_seconds = state_ttl_seconds
         self.service: Any = None
         self.training: Any = None
         self._tokenizer: Any = None
@@ -191,6 +208,35 @@ class TinkerStudent(Student):
             json.dump(record, f, indent=2)
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump({**metadata, "tinker": record}, f, indent=2)
+
+    def save_state(self, path: str) -> None:
+        """Save the LoRA weights and Adam moments on the service; record where in ``path``."""
+        if self.training is None:
+            raise RuntimeError("TinkerStudent.setup() was not called")
+        name = f"promptbake-step{self.steps}-{uuid.uuid4().hex[:8]}"
+        saved = client.wait(self.training.save_state(name, ttl_seconds=self.state_ttl_seconds),
+                            self.timeout, "saving the training state")
+        record = {"state_path": saved.path, "base_model": self.model_name, "steps": self.steps,
+                  "datums_sent": self.datums_sent}
+        with open(os.path.join(path, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+
+    def load_state(self, path: str) -> None:
+        """Continue from what :meth:`save_state` recorded: a training client made from the saved
+        weights and optimizer state (the client :meth:`setup` made is dropped)."""
+        if self.service is None:
+            raise RuntimeError("TinkerStudent.setup() was not called")
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("base_model") != self.model_name:
+            raise ConfigError(f"The checkpoint in {path} trained base model {record.get('base_model')!r} on "
+                              f"Tinker, not {self.model_name!r}; resume with the same student model option.")
+        made = self.service.create_training_client_from_state_with_optimizer(record["state_path"])
+        self.training = client.resolve(
+            made, self.timeout, f"a training client from the checkpoint {record['state_path']} (it may have "
+                                f"expired: state_ttl_seconds)")
+        self.steps = int(record["steps"])
+        self.datums_sent = int(record.get("datums_sent", 0))
 
     def close(self) -> None:
         self.training = None

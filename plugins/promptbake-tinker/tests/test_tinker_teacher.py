@@ -148,3 +148,69 @@ def test_tinker_bake_end_to_end(service, bake_settings):
     for path in run.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_tinker_bake_resumes_from_the_services_checkpoint(service, bake_settings, tmp_path, monkeypatch):
+    """A bake cut off after step 5 resumes from its step-4 checkpoint on the service and ends
+    with the uninterrupted bake's adapter (2 epochs x 3 steps, a checkpoint every 2 steps)."""
+    from tinker_fake import FakeTraining
+
+    settings = {**bake_settings, "checkpoint_every": 2}
+    options = dict(teacher="tinker", student="tinker", loss="topk_kl", model=service.spec, top_k=5, lora_rank=4)
+    prompt = "Always answer in French."
+    with temporary_plugin(promptbake_tinker, "tinker-test"):
+        whole = Baker(prompt, **{**options, **settings, "out": str(tmp_path / "whole")}).run()
+        real = FakeTraining.optim_step
+        calls = {"n": 0}
+
+        def cut_at_step_5(self, *a, **k):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise ConnectionError("lost the connection")
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(FakeTraining, "optim_step", cut_at_step_5)
+        cut = tmp_path / "cut"
+        with pytest.raises(ConnectionError):
+            Baker(prompt, **{**options, **settings, "out": str(cut)}).run()
+        monkeypatch.setattr(FakeTraining, "optim_step", real)
+        before = len(service.trainings)
+        resumed = Baker.resume(cut, prompt, progress=False).run()
+    clients = service.trainings[before:]
+    assert len(clients) == 2  # setup's new client, then the one made from the step-4 state
+    assert [kind for kind, _ in clients[0].requests] == []
+    assert [kind for kind, _ in clients[1].requests].count("optim_step") == 2  # steps 5 and 6 only
+    assert len(service.states) == 3 + 2 + 1  # steps 2, 4, 6 of the whole bake; 2, 4 cut; 6 resumed
+    assert all(s["ttl_seconds"] == 7 * 24 * 3600 for s in service.states.values())
+    log = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if e.get("stage") == "train" and "step" in e] == [1, 2, 3, 4, 5, 6]
+    assert any(e.get("resumed_at") == 4 for e in log)
+    state = json.loads((cut / "checkpoint" / "tinker_state.json").read_text())
+    assert state["steps"] == 6 and state["state_path"].startswith("tinker://")
+    from safetensors.torch import load_file
+
+    a = load_file(Path(whole.adapter_path) / "adapter_model.safetensors")
+    b = load_file(Path(resumed.adapter_path) / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for path in cut.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_tinker_resume_from_an_expired_checkpoint_says_so(service, tmp_path):
+    from promptbake_tinker.student import STATE_FILE, TinkerStudent
+
+    from promptbake.config import BakeConfig
+
+    student = TinkerStudent()
+    student.setup(BakeConfig(model=service.spec, device="cpu"), 4)
+    (tmp_path / STATE_FILE).write_text(json.dumps(
+        {"state_path": "tinker://gone:train:0/weights/x", "base_model": service.spec, "steps": 2}))
+    with pytest.raises(BackendError, match=r"Tinker refused a training client from the checkpoint "
+                                           r"tinker://gone:train:0/weights/x \(it may have expired"):
+        student.load_state(str(tmp_path))
+    (tmp_path / STATE_FILE).write_text(json.dumps({"state_path": "tinker://a", "base_model": "other", "steps": 2}))
+    with pytest.raises(ConfigError, match="trained base model 'other' on Tinker"):
+        student.load_state(str(tmp_path))
+    with pytest.raises(ConfigError, match="state_ttl_seconds must be a whole number of seconds, at least 3600"):
+        TinkerStudent(state_ttl_seconds=60)

@@ -34,6 +34,16 @@ class Done:
         return self.value
 
 
+class Failed:
+    """A future that raises ``error``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self.error
+
+
 class Hung:
     """A future that never completes (the SDK's silent hang)."""
 
@@ -89,12 +99,18 @@ class FakeSampling:
 class FakeTraining:
     """LoRA on a copy of the tiny model; AdamW steps with the AdamParams sent."""
 
-    def __init__(self, model: Any, tokenizer: Any, rank: int, folder: Path):
+    def __init__(self, model: Any, tokenizer: Any, rank: int, folder: Path, seed: int | None = None,
+                 states: dict[str, Any] | None = None):
         from peft import LoraConfig, get_peft_model
 
-        self.model = get_peft_model(copy.deepcopy(model), LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear"))
+        with torch.random.fork_rng():  # the service seeds the LoRA initialisation with ``seed``
+            torch.manual_seed(seed or 0)
+            self.model = get_peft_model(copy.deepcopy(model),
+                                        LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear"))
+        self.base, self.rank = model, rank
         self.tokenizer = tokenizer
         self.folder = folder
+        self.states = {} if states is None else states  # the service's saved training states, by path
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer: torch.optim.Optimizer | None = None
         self.requests: list[tuple[str, int]] = []  # (kind, datums) per request sent
@@ -162,6 +178,23 @@ class FakeTraining:
         self.requests.append(("optim_step", 0))
         return Done(types.OptimStepResponse(metrics={}))
 
+    def save_state(self, name, ttl_seconds=None, overwrite=False, user_metadata=None):  # type: ignore[no-untyped-def]
+        path = f"tinker://fake:train:0/weights/{name}"
+        assert path not in self.states or overwrite
+        self.states[path] = {"lora": copy.deepcopy({k: v for k, v in self.model.state_dict().items() if "lora_" in k}),
+                             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
+                             "ttl_seconds": ttl_seconds}
+        return Done(types.SaveWeightsResponse(path=path))
+
+    def restored(self, state: dict[str, Any]) -> FakeTraining:
+        """A new client with this one's base, holding ``state``'s weights and Adam moments."""
+        fresh = FakeTraining(self.base, self.tokenizer, self.rank, self.folder, states=self.states)
+        fresh.model.load_state_dict(state["lora"], strict=False)
+        if state["optimizer"] is not None:
+            fresh.optimizer = torch.optim.AdamW(fresh.params)
+            fresh.optimizer.load_state_dict(state["optimizer"])
+        return fresh
+
     def save_weights_for_sampler(self, name, ttl_seconds=None, user_metadata=None):  # type: ignore[no-untyped-def]
         return Done(types.SaveWeightsForSamplerResponse(path=f"tinker://fake:train:0/sampler_weights/{name}"))
 
@@ -190,13 +223,21 @@ class FakeService:
         self.folder = folder
         self.trainings: list[FakeTraining] = []
         self.samplers: list[FakeSampling] = []
+        self.states: dict[str, Any] = {}
 
     def create_lora_training_client(self, base_model: str, rank: int = 32, seed: int | None = None,
                                     train_mlp: bool = True, train_attn: bool = True, train_unembed: bool = True,
                                     user_metadata=None, optimizer=None) -> Done:  # type: ignore[no-untyped-def]
         model, tok = self.models[base_model]
-        self.trainings.append(FakeTraining(model, tok, rank, self.folder))
+        self.trainings.append(FakeTraining(model, tok, rank, self.folder, seed=seed, states=self.states))
         return Done(self.trainings[-1])  # 0.38: a future of the client
+
+    def create_training_client_from_state_with_optimizer(self, path: str, base_model: str | None = None,
+                                                         user_metadata=None, weights_access_token=None) -> Done:  # type: ignore[no-untyped-def]
+        if path not in self.states:
+            return Failed(tinker.TinkerError(f"checkpoint {path} not found"))
+        self.trainings.append(self.trainings[0].restored(self.states[path]))
+        return Done(self.trainings[-1])
 
     def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None,
                                retry_config=None) -> Done:  # type: ignore[no-untyped-def]

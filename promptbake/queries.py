@@ -95,7 +95,7 @@ def _load_file(path: Path) -> list[Query]:
     kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
     try:
         data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except Exception as exc:  # datasets raises many types for unreadable files
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable files
         raise ConfigError(f"Could not read queries from {path}: {exc}") from None
     if builder == "text":
         return [_query({"prompt": r["text"]}, f"{path} line {i + 1}", i)

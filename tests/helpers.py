@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
@@ -32,14 +40,14 @@ from transformers import (
 )
 
 __all__ = [
-    "STYLES",
-    "SMOLLM2_DEFAULT_SYSTEM",
     "CHAT_TEMPLATES",
-    "make_tokenizer",
+    "SMOLLM2_DEFAULT_SYSTEM",
+    "STYLES",
+    "chat_ids",
     "make_tiny_llama",
     "make_tiny_qwen3",
+    "make_tokenizer",
     "save_tiny_model",
-    "chat_ids",
 ]
 
 STYLES: tuple[str, ...] = ("chatml", "smollm2", "llama3", "qwen3")
@@ -224,7 +232,7 @@ _CORPUS: tuple[str, ...] = (
 _VOCAB_SIZE = 512
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_backend(style: str) -> Tokenizer:
     """Train (once per style) the byte-level BPE backend with the family's tokens."""
     spec = _SPECS[style]

@@ -8,7 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from promptbake import Baker, BakeConfig, CapabilityError, ConfigError, TeacherCapabilities
+from promptbake import (
+    BakeConfig,
+    Baker,
+    CapabilityError,
+    ConfigError,
+    TeacherCapabilities,
+)
 from promptbake.baker import prompt_sha256
 from promptbake.students.peft import PeftStudent
 from promptbake.teachers.hf import HFTeacher

@@ -14,7 +14,7 @@ from helpers import save_tiny_model
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROMPTBAKE_LOAD_PLUGINS": ""}
     return subprocess.run([sys.executable, "-m", "promptbake", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+                          cwd=cwd, env=env, timeout=300, check=False)
 
 
 def assert_one_sentence_error(result: subprocess.CompletedProcess, fragment: str) -> None:

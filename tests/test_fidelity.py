@@ -18,8 +18,8 @@ PROMPT = "Always answer like a pirate, matey."
 PROBES = ["max_length=6", "regex=(?i)a", "multiple_choice"]
 
 
-SETTINGS = dict(max_queries=6, max_heldout=3, samples_per_query=2, max_new_tokens=10, epochs=2, batch_size=4,
-                progress=False, device="cpu")
+SETTINGS = {"max_queries": 6, "max_heldout": 3, "samples_per_query": 2, "max_new_tokens": 10, "epochs": 2, "batch_size": 4,
+                "progress": False, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from helpers import (  # conftest.py puts tests/ on sys.path
     SMOLLM2_DEFAULT_SYSTEM,
     STYLES,
@@ -14,6 +12,7 @@ from helpers import (  # conftest.py puts tests/ on sys.path
     make_tokenizer,
     save_tiny_model,
 )
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 CONV = [
     {"role": "system", "content": "Be brief."},

@@ -12,7 +12,12 @@ import pytest
 
 import promptbake
 from promptbake import plugins, registry
-from promptbake.errors import DuplicateBackendError, MissingDependencyError, PromptbakeError, UnknownBackendError
+from promptbake.errors import (
+    DuplicateBackendError,
+    MissingDependencyError,
+    PromptbakeError,
+    UnknownBackendError,
+)
 
 FAKE_PLUGIN = '''
 import promptbake
@@ -87,9 +92,8 @@ class _Dup:
 
 
 def test_duplicate_names_raise_naming_both_plugins():
-    with plugins.temporary_plugin(_Dup(), "dupe-plugin"):
-        with pytest.raises(DuplicateBackendError) as info:
-            registry.names("loss")
+    with plugins.temporary_plugin(_Dup(), "dupe-plugin"), pytest.raises(DuplicateBackendError) as info:
+        registry.names("loss")
     assert "'builtin'" in str(info.value) and "'dupe-plugin'" in str(info.value)
     assert "topk_kl" in registry.names("loss")  # the registry recovers once the plugin is gone
 

@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make install adds it)")
 
-from faultproxy import FaultProxy  # noqa: E402
-from promptbake_openai.openai import OpenAITeacher  # noqa: E402
+from faultproxy import FaultProxy
+from promptbake_openai.openai import OpenAITeacher
 
-from promptbake import Baker  # noqa: E402
+from promptbake import Baker
 
 pytestmark = pytest.mark.slow
 RATES = {"429": 0.10, "500": 0.08, "reset": 0.06, "slow": 0.05, "stall": 0.02}

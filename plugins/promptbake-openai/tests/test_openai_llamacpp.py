@@ -14,15 +14,15 @@ import pytest
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make install adds it)")
 
-from promptbake_openai.openai import OpenAITeacher  # noqa: E402
+from promptbake_openai.openai import OpenAITeacher
 
-from promptbake import Baker, models  # noqa: E402
-from promptbake.config import BakeConfig  # noqa: E402
-from promptbake.interfaces import SamplingConfig  # noqa: E402
-from promptbake.queries import load_queries  # noqa: E402
-from promptbake.render import Renderer  # noqa: E402
-from promptbake.teachers.hf import HFTeacher  # noqa: E402
-from promptbake.types import Prefix  # noqa: E402
+from promptbake import Baker, models
+from promptbake.config import BakeConfig
+from promptbake.interfaces import SamplingConfig
+from promptbake.queries import load_queries
+from promptbake.render import Renderer
+from promptbake.teachers.hf import HFTeacher
+from promptbake.types import Prefix
 
 pytestmark = pytest.mark.slow
 PROMPT = "Always respond in French."

@@ -156,7 +156,7 @@ def test_tinker_bake_resumes_from_the_services_checkpoint(service, bake_settings
     from tinker_fake import FakeTraining
 
     settings = {**bake_settings, "checkpoint_every": 2}
-    options = dict(teacher="tinker", student="tinker", loss="topk_kl", model=service.spec, top_k=5, lora_rank=4)
+    options = {"teacher": "tinker", "student": "tinker", "loss": "topk_kl", "model": service.spec, "top_k": 5, "lora_rank": 4}
     prompt = "Always answer in French."
     with temporary_plugin(promptbake_tinker, "tinker-test"):
         whole = Baker(prompt, **{**options, **settings, "out": str(tmp_path / "whole")}).run()

@@ -31,9 +31,9 @@ def _curve(run: Path) -> list[float]:
 def test_trl_and_peft_give_the_same_loss_curve(tmp_path, grad_accum):
     """Same data, seed and optimizer: the 5-step curves agree to 1e-5 relative (measured: bit for bit)."""
     model = save_tiny_model(tmp_path)
-    settings = dict(model=str(model), max_queries=10, max_heldout=2, samples_per_query=2, max_new_tokens=8,
-                    epochs=1, batch_size=4 // grad_accum, grad_accum=grad_accum, lr=3e-3, progress=False,
-                    device="cpu", loss="topk_kl")
+    settings = {"model": str(model), "max_queries": 10, "max_heldout": 2, "samples_per_query": 2, "max_new_tokens": 8,
+                    "epochs": 1, "batch_size": 4 // grad_accum, "grad_accum": grad_accum, "lr": 3e-3, "progress": False,
+                    "device": "cpu", "loss": "topk_kl"}
     with temporary_plugin(promptbake_trl, "trl-test"):
         runs = {s: Baker(PROMPT, student=s, out=str(tmp_path / s), **settings).run() for s in ("peft", "trl")}
     peft, trl = _curve(tmp_path / "peft"), _curve(tmp_path / "trl")

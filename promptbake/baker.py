@@ -363,15 +363,13 @@ class Baker:
         steps_per_epoch = math.ceil(math.ceil(len(trajectories) / cfg.batch_size) / cfg.grad_accum)
         total = cfg.epochs * steps_per_epoch
         _seed_torch(cfg.seed)  # training's randomness (dropout) must not depend on what ran before it
-        if self.student.capabilities.owns_loop:  # a distributed trainer runs the same plan itself
-            groups = [group for micro in plan for group in batches(micro, cfg.grad_accum)]
-            return self.student.fit(trajectories, targets, groups, self.loss,
-                                    lambda record: run.log({"stage": "train", **record}))
         # What a checkpoint was trained on: a resumed bake trusts only one for the same data.
         data_key = targets_key(model=cfg.model, teacher=self.teacher.name, prompt_sha256=prompt_sha256(cfg.prompt),
                                kind=self.target_kind(), top_k=cfg.top_k, trajectories=trajectories)
-        start, first = self._restore(data_key)
         can_save = self.student.capabilities.checkpoints
+        if self.student.capabilities.owns_loop:  # a distributed trainer runs the same plan itself
+            return self._fit(trajectories, targets, plan, data_key)
+        start, first = self._restore(data_key)
         bar = progress(range(start, total), "train", cfg.progress, total=total, unit="step", initial=start)
         bar_iter = iter(bar)
         step = 0
@@ -430,8 +428,37 @@ class Baker:
         lengths = [len(t.unprompted_ids) for t in trajectories]
         return [bucketed(lengths, cfg.batch_size, rng) for _ in range(cfg.epochs)]
 
-    def _restore(self, data_key: str) -> tuple[int, float | None]:
-        """The step to continue after and the first loss, from the newest checkpoint (0, None: start)."""
+    def _fit(self, trajectories: list[Trajectory], targets: list[Targets], plan: list[list[list[int]]],
+             data_key: str) -> dict[str, Any]:
+        """Train with a student that owns its loop (a distributed trainer) on the same plan: it
+        continues from the restored checkpoint and calls back when a checkpoint may be due."""
+        cfg = self.config
+        run = self.run_dir
+        assert run is not None
+        groups = [group for micro in plan for group in batches(micro, cfg.grad_accum)]
+        if not self.student.capabilities.checkpoints:  # the plain interface, for students without checkpoints
+            return self.student.fit(trajectories, targets, groups, self.loss,
+                                    lambda record: run.log({"stage": "train", **record}))
+        main = Ranks.from_env().main  # every process restores; only rank 0 writes
+        start, first = self._restore(data_key, write=main)
+        seen = {"first": first}
+
+        def log(record: dict[str, Any]) -> None:
+            if seen["first"] is None and "loss" in record:
+                seen["first"] = record["loss"]
+            run.log({"stage": "train", **record})
+
+        def save(step: int) -> None:
+            if step % cfg.checkpoint_every == 0 or step == len(groups):
+                checkpoint.save(run.file("checkpoint"), self.student,
+                                {"step": step, "data_key": data_key, "first_loss": seen["first"]})
+
+        result = self.student.fit(trajectories, targets, groups, self.loss, log, start=start, checkpoint=save)
+        return {**result, "steps": len(groups), "first_loss": seen["first"]}
+
+    def _restore(self, data_key: str, write: bool = True) -> tuple[int, float | None]:
+        """The step to continue after and the first loss, from the newest checkpoint (0, None: start).
+        ``write``: this process keeps the run's records (rank 0 of a distributed launch)."""
         run = self.run_dir
         assert run is not None
         if not (self.config.resume and self.student.capabilities.checkpoints):
@@ -442,9 +469,10 @@ class Baker:
         else:
             self.student.load_state(str(found[0]))
             step = int(found[1]["step"])
-        # Steps logged after the checkpoint will be taken again: drop their records.
-        run.keep_records(lambda r: r.get("stage") != "train" or r.get("step", 0) <= step)
-        run.log({"stage": "train", "resumed_at": step})
+        if write:
+            # Steps logged after the checkpoint will be taken again: drop their records.
+            run.keep_records(lambda r: r.get("stage") != "train" or r.get("step", 0) <= step)
+            run.log({"stage": "train", "resumed_at": step})
         return step, (found[1].get("first_loss") if step else None)
 
     def save(self) -> Path:

@@ -48,8 +48,9 @@ def load(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def save_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any = None) -> None:
-    """Trainable parameters, optimizer and scheduler state and torch's RNG state, pickle-free."""
+                     scheduler: Any = None, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Trainable parameters, optimizer and scheduler state and torch's RNG state, pickle-free;
+    ``extra`` tensors are stored beside them under their own names (see :func:`load_extra`)."""
     import torch
     from safetensors.torch import save_file
 
@@ -68,6 +69,7 @@ def save_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torc
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
+    tensors.update({f"extra.{name}": t.detach().contiguous().cpu() for name, t in (extra or {}).items()})
     save_file(tensors, str(folder / TENSORS_FILE))
     meta = {"param_groups": opt["param_groups"], "optimizer_scalars": scalars,
             "scheduler": scheduler.state_dict() if scheduler is not None else None}
@@ -83,11 +85,7 @@ def load_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torc
     folder = Path(folder)
     tensors = load_file(str(folder / TENSORS_FILE))
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("param."):
-                params[key[len("param."):]].copy_(value)
+    _copy_params(tensors, model)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -103,3 +101,28 @@ def load_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torc
                                        key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def load_extra(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The ``extra`` tensors :func:`save_torch_state` stored."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(folder) / TENSORS_FILE))
+    return {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+
+
+def load_weights(folder: str | Path, model: torch.nn.Module) -> None:
+    """Only the trainable parameters of what :func:`save_torch_state` wrote (the training is over)."""
+    from safetensors.torch import load_file
+
+    _copy_params(load_file(str(Path(folder) / TENSORS_FILE)), model)
+
+
+def _copy_params(tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("param."):
+                params[key[len("param."):]].copy_(value)

@@ -171,9 +171,16 @@ class Student(ABC):
         return False
 
     def fit(self, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
-            steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Any) -> dict[str, Any]:
+            steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Any, *, start: int = 0,
+            checkpoint: Any = None) -> dict[str, Any]:
         """Train over ``steps`` (each a list of micro-batches of indices into ``trajectories``),
         calling ``log(record)`` once per optimizer step; for students with ``capabilities.owns_loop``.
+
+        Students that also set ``capabilities.checkpoints`` get two more arguments: ``start``,
+        the steps already taken (their state was handed to :meth:`load_state` before this call;
+        train ``steps[start:]`` and number records from ``start + 1``), and ``checkpoint(step)``,
+        to call on rank 0 after every optimizer step (it saves through :meth:`save_state`
+        when one is due). Others are called with neither.
 
         Returns ``{"steps", "first_loss", "last_loss"}``.
         """

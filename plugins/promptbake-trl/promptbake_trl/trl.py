@@ -6,6 +6,14 @@ mixed precision and ``report_to`` logging come from its TrainingArguments (TRL's
 Baker's: the cached teacher targets (never recomputed), in the Baker's order of
 micro-batches, with the promptbake Loss.
 
+Checkpoints: every ``checkpoint_every`` steps rank 0 writes the adapter's weights, the
+Trainer's AdamW moments and LR schedule and the RNG state in promptbake's pickle-free format
+(safetensors + JSON, as the ``peft`` student does), not the Trainer's own checkpoints, which
+pickle them. A resumed bake builds the Trainer for the remaining steps, loads that state into
+its optimizer and schedule when training begins, and replays the Baker's micro-batches from
+there. Under FSDP or DeepSpeed the optimizer state is sharded across processes, so no
+checkpoints are written (a resumed bake starts its training again).
+
 Normalisation: the loss of an optimizer step is a mean over every response
 token of that step, across gradient-accumulation micro-batches and processes.
 The token count of the step's micro-batches is gathered from all processes in
@@ -24,6 +32,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
+from promptbake import checkpoint as checkpoints
 from promptbake.config import BakeConfig
 from promptbake.errors import ConfigError
 from promptbake.interfaces import BatchTargets, Loss, StudentCapabilities
@@ -45,12 +54,14 @@ class TRLStudent(PeftStudent):
     """
 
     name = "trl"
-    capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=False, owns_loop=True)
+    capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=True, owns_loop=True)
 
     def __init__(self, model: str | None = None, **training_args: Any):
         super().__init__(model, head_chunk=None)
         self.training_args = training_args
         self.trainer: Any = None
+        self._restore_from: str | None = None  # a checkpoint to load once the Trainer has its optimizer
+        self._rng_by_rank: dict[str, torch.Tensor] = {}  # every process's RNG state, gathered for a checkpoint
 
     def check(self, config: BakeConfig) -> None:
         from trl import SFTConfig
@@ -63,8 +74,8 @@ class TRLStudent(PeftStudent):
             if key not in valid:
                 raise ConfigError(f"student option {key} is not a TrainingArguments/SFTConfig field.")
 
-    def arguments(self, steps: int, output_dir: str) -> Any:
-        """The SFTConfig for ``steps`` optimizer steps."""
+    def arguments(self, steps: int, output_dir: str, start: int = 0) -> Any:
+        """The SFTConfig for optimizer steps ``start`` to ``steps`` (the warmup is of all ``steps``)."""
         from trl import SFTConfig
 
         cfg = self.config
@@ -79,7 +90,7 @@ class TRLStudent(PeftStudent):
         return SFTConfig(
             output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
             gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm, num_train_epochs=1, max_steps=steps, seed=cfg.seed,
+            max_grad_norm=cfg.max_grad_norm, num_train_epochs=1, max_steps=steps - start, seed=cfg.seed,
             warmup_steps=math.ceil(cfg.warmup_ratio * steps), remove_unused_columns=False,
             use_cpu=self._handle.device == "cpu",
             # The Baker's micro-batch is the global batch: accelerate splits it across processes.
@@ -87,26 +98,82 @@ class TRLStudent(PeftStudent):
         )
 
     def fit(self, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
-            steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+            steps: Sequence[Sequence[Sequence[int]]], loss: Loss, log: Callable[[dict[str, Any]], None], *,
+            start: int = 0, checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
         cfg = self.config
         assert cfg is not None
         if any(len(step) != cfg.grad_accum for step in steps[:-1]):
             raise ConfigError(f"With the trl student every optimizer step takes grad_accum={cfg.grad_accum} "
                               f"micro-batches; choose batch_size and grad_accum so that an epoch's micro-batches "
                               f"divide evenly.")
-        micro = [list(mb) for step in steps for mb in step]
+        if start >= len(steps):  # cut off after the last checkpoint: its weights are the result
+            if self._restore_from is not None:
+                checkpoints.load_weights(self._restore_from, self._handle.peft_model)
+                self._restore_from = None
+            return {"steps": start, "first_loss": None, "last_loss": None}
+        micro = [list(mb) for step in steps[start:] for mb in step]
         with tempfile.TemporaryDirectory(prefix="promptbake-trl-") as out:
             self.trainer = _BakeTrainer(
-                model=self._handle.peft_model, args=self.arguments(len(steps), out),
-                bake=_Bake(list(trajectories), list(targets), micro, loss, self._handle.tokenizer.pad_token_id),
+                model=self._handle.peft_model, args=self.arguments(len(steps), out, start),
+                bake=_Bake(list(trajectories), list(targets), micro, loss, self._handle.tokenizer.pad_token_id,
+                           total_steps=len(steps)),
             )
-            curve = _Curve(self.trainer, log)
-            self.trainer.add_callback(curve)
+            if self._restore_from is not None and self._sharded():
+                raise ConfigError("This bake's checkpoint cannot be restored under FSDP or DeepSpeed, which shard "
+                                  "the optimizer state; resume it with the launch settings it was baked with.")
+            curve = _Curve(self.trainer, log, start)
+            self.trainer.add_callback(curve)  # before the checkpoints: a checkpoint follows its step's record
+            self.trainer.add_callback(_Checkpoints(self, start, checkpoint))
             if not cfg.progress:  # with tqdm off the Trainer prints every log dict instead
                 self.trainer.remove_callback(PrinterCallback)
             self.trainer.train()
-        return {"steps": len(curve.losses), "first_loss": curve.losses[0] if curve.losses else None,
+        return {"steps": start + len(curve.losses), "first_loss": curve.losses[0] if curve.losses else None,
                 "last_loss": curve.losses[-1] if curve.losses else None}
+
+    def _sharded(self) -> bool:
+        trainer = self.trainer
+        return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+
+    def save_state(self, path: str) -> None:
+        """The adapter's weights, the Trainer's optimizer and schedule and the RNG, pickle-free (rank 0)."""
+        trainer = self.trainer
+        if trainer is None or trainer.optimizer is None:
+            raise RuntimeError("TRLStudent.save_state is called from fit, once the Trainer exists")
+        checkpoints.save_torch_state(path, self._handle.peft_model, trainer.optimizer, trainer.lr_scheduler,
+                                     extra=self._rng_by_rank)
+
+    def load_state(self, path: str) -> None:
+        """Remember ``path``: the Trainer that :meth:`fit` builds makes its optimizer and schedule
+        only when training begins, and the state is loaded into them then."""
+        self._restore_from = path
+
+    def _restore(self) -> dict[str, torch.Tensor] | None:
+        """Load the remembered checkpoint into the Trainer's optimizer and schedule; return this
+        process's RNG states from it (None when there is nothing to restore)."""
+        if self._restore_from is None:
+            return None
+        trainer = self.trainer
+        checkpoints.load_torch_state(self._restore_from, self._handle.peft_model, trainer.optimizer,
+                                     trainer.lr_scheduler)
+        by_rank = checkpoints.load_extra(self._restore_from)
+        self._restore_from = None
+        rank = trainer.accelerator.process_index
+        # Each process draws its own dropout masks, so each gets its own state back (a launch with
+        # more processes than the saved one reuses theirs: its batches are split differently anyway).
+        # (a copy: set_rng_state reads a row view from the start of its storage)
+        return {name: t[rank % t.shape[0]].clone() for name, t in by_rank.items() if name.startswith("rng.")}
+
+    def _gather_rng(self) -> None:
+        """Every process's RNG states, to rank 0 (a collective call: every process makes it)."""
+        accelerator = self.trainer.accelerator
+        states = {"rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            states["rng.cuda"] = torch.cuda.get_rng_state()
+        gathered = {}
+        for name, state in states.items():
+            row = state.to(accelerator.device)[None]
+            gathered[name] = (accelerator.gather(row) if accelerator.num_processes > 1 else row).cpu()
+        self._rng_by_rank = gathered
 
     def save(self, path: str, metadata: dict[str, Any]) -> None:
         if self.trainer is None or self.trainer.accelerator.is_main_process:
@@ -120,6 +187,7 @@ class _Bake:
     micro_batches: list[list[int]]
     loss: Loss
     pad_id: int
+    total_steps: int  # of the whole bake: the LR schedule's length when a resumed bake trains fewer
 
 
 class _MicroBatches:
@@ -145,6 +213,10 @@ class _BakeTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.bake = bake
         self.step_loss = 0.0
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        # The whole bake's schedule; a resumed bake loads its position in it from the checkpoint.
+        return super().create_scheduler(self.bake.total_steps, optimizer)
 
     def get_train_dataloader(self) -> Any:
         from torch.utils.data import DataLoader
@@ -184,8 +256,9 @@ class _BakeTrainer(Trainer):
 class _Curve(TrainerCallback):
     """Logs one record per optimizer step: the step's loss summed over processes, and the LR used."""
 
-    def __init__(self, trainer: _BakeTrainer, log: Callable[[dict[str, Any]], None]):
+    def __init__(self, trainer: _BakeTrainer, log: Callable[[dict[str, Any]], None], start: int = 0):
         self.trainer, self.log_fn, self.losses = trainer, log, []
+        self.start = start  # steps taken before a resumed bake's Trainer began
         self.lr = 0.0
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -194,7 +267,7 @@ class _Curve(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         trainer = self.trainer
-        step = state.global_step
+        step = self.start + state.global_step
         total = torch.tensor([trainer.step_loss], device=trainer.accelerator.device)
         if trainer.accelerator.num_processes > 1:
             total = trainer.accelerator.reduce(total, reduction="sum")
@@ -203,3 +276,33 @@ class _Curve(TrainerCallback):
         self.losses.append(loss)
         if trainer.accelerator.is_main_process:
             self.log_fn({"step": step, "loss": loss, "lr": self.lr})
+
+
+class _Checkpoints(TrainerCallback):
+    """Loads a resumed bake's state when training begins; offers rank 0 a checkpoint after each step."""
+
+    def __init__(self, student: TRLStudent, start: int, checkpoint: Callable[[int], None] | None):
+        self.student, self.start, self.checkpoint = student, start, checkpoint
+        self.rng: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # After the Trainer made and prepared its optimizer and schedule (and seeded the RNG).
+        self.rng = self.student._restore()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The RNG as the first step begins: opening the data loader drew from it, which the
+        # uninterrupted bake did before its first step, not before this one.
+        if self.rng is not None:
+            if "rng.cpu" in self.rng:
+                torch.set_rng_state(self.rng["rng.cpu"])
+            if "rng.cuda" in self.rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(self.rng["rng.cuda"])
+            self.rng = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        student = self.student
+        if self.checkpoint is None or student._sharded():
+            return
+        student._gather_rng()  # every process, every step: rank 0 decides whether a checkpoint is due
+        if student.trainer.accelerator.is_main_process:
+            self.checkpoint(self.start + state.global_step)

@@ -147,3 +147,82 @@ def test_a_bake_on_two_processes(tmp_path, launcher):
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "eval.json").is_file()
     generated = [r for r in records if r.get("stage") == "score"]
     assert len(generated) == 1  # the teacher's work was done once, by rank 0
+
+
+@pytest.mark.parametrize("cut", ["step", "save"])
+def test_trl_bake_resumes_from_its_checkpoint(tmp_path, monkeypatch, cut):
+    """Cut off in step 5 of 6, a trl bake resumes from its step-4 checkpoint (weights, AdamW
+    moments, LR schedule, RNG for the LoRA dropout) and ends with the uninterrupted bake's adapter;
+    cut off while saving the adapter, it takes the step-6 checkpoint's weights and trains no more."""
+    from promptbake_trl import trl
+    from safetensors.torch import load_file
+
+    model = save_tiny_model(tmp_path)
+    settings = {"model": str(model), "max_queries": 6, "max_heldout": 2, "samples_per_query": 2,
+                "max_new_tokens": 6, "epochs": 2, "batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.3,
+                "lora_dropout": 0.1, "checkpoint_every": 2, "progress": False, "device": "cpu",
+                "loss": "topk_kl", "student": "trl", "evaluate": False}
+    real = trl._BakeTrainer.compute_loss
+    calls = {"n": 0}
+
+    def cut_in_step_5(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise ConnectionError("lost the machine")
+        return real(self, *a, **k)
+
+    def cut_in_save(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise ConnectionError("lost the machine")
+
+    with temporary_plugin(promptbake_trl, "trl-test"):
+        whole = Baker(PROMPT, out=str(tmp_path / "whole"), **settings).run()
+        if cut == "step":
+            monkeypatch.setattr(trl._BakeTrainer, "compute_loss", cut_in_step_5)
+        else:
+            monkeypatch.setattr(trl.TRLStudent, "save", cut_in_save)
+        with pytest.raises(ConnectionError):
+            Baker(PROMPT, out=str(tmp_path / "cut"), **settings).run()
+        monkeypatch.undo()
+        state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+        assert state["step"] == (4 if cut == "step" else 6)
+        steps_run = []
+        monkeypatch.setattr(trl._BakeTrainer, "compute_loss",
+                            lambda self, *a, **k: steps_run.append(1) or real(self, *a, **k))
+        resumed = Baker.resume(tmp_path / "cut", PROMPT, progress=False).run()
+    assert len(steps_run) == (2 if cut == "step" else 0)  # steps 5 and 6 only, or none
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("stage") == "train" and "step" in r] == [1, 2, 3, 4, 5, 6]
+    assert any(r.get("resumed_at") == state["step"] for r in records)
+    curve = _curve(tmp_path / "cut")
+    assert curve == _curve(tmp_path / "whole")  # bit for bit on CPU, the dropout of steps 5 and 6 included
+    assert resumed.metrics["steps"] == 6 and resumed.metrics["first_loss"] == curve[0]
+    a = load_file(whole.adapter_path / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_path / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_two_process_bake_resumes_from_its_checkpoint(tmp_path):
+    """torchrun, 2 processes with LoRA dropout: cut off in step 3 of 4, resumed from the step-2
+    checkpoint (each process gets its own RNG state back), it ends bit for bit on the adapter
+    and loss curve of an uninterrupted launch."""
+    model = save_tiny_model(tmp_path)
+    env = {**os.environ, "PROMPTBAKE_LOAD_PLUGINS": "trl", "OMP_NUM_THREADS": "1"}
+    args = ["-p", PROMPT, "-m", str(model), "--student", "trl", "--max-queries", "4", "-s", "max_heldout=2",
+            "-s", "samples_per_query=2", "-s", "max_new_tokens=6", "--epochs", "2", "-s", "batch_size=4",
+            "-s", "checkpoint_every=2", "-s", "lora_dropout=0.1", "-s", "evaluate=false", "--quiet"]
+
+    def launch(cut: int, *bake: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*LAUNCHERS["torchrun"], str(HERE / "ddp_bake.py"), str(cut), "--", "bake", *bake],
+                              capture_output=True, text=True, env=env, timeout=300, check=False)
+
+    assert launch(0, *args, "-o", str(tmp_path / "whole")).returncode == 0
+    cut = launch(3, *args, "-o", str(tmp_path / "cut"))
+    assert cut.returncode != 0 and "cut off in step 3" in cut.stderr
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == 2
+    resumed = launch(0, "--resume", str(tmp_path / "cut"), "-p", PROMPT, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _curve(tmp_path / "cut") == _curve(tmp_path / "whole") and len(_curve(tmp_path / "whole")) == 4
+    with safe_open(tmp_path / "whole" / "adapter" / "adapter_model.safetensors", "pt") as a, \
+            safe_open(tmp_path / "cut" / "adapter" / "adapter_model.safetensors", "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118

@@ -50,7 +50,7 @@ def load(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
 def save_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any = None, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Trainable parameters, optimizer and scheduler state and torch's RNG state, pickle-free;
-    ``extra`` tensors are stored beside them under their own names (see :func:`load_extra`)."""
+    ``extra`` tensors are stored beside them under their own names (:func:`load_torch_state` returns them)."""
     import torch
     from safetensors.torch import save_file
 
@@ -77,8 +77,9 @@ def save_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torc
 
 
 def load_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any = None) -> None:
-    """Restore what :func:`save_torch_state` wrote into a model and optimizer built the same way."""
+                     scheduler: Any = None) -> dict[str, torch.Tensor]:
+    """Restore what :func:`save_torch_state` wrote into a model and optimizer built the same way;
+    return the ``extra`` tensors it stored."""
     import torch
     from safetensors.torch import load_file
 
@@ -101,13 +102,6 @@ def load_torch_state(folder: str | Path, model: torch.nn.Module, optimizer: torc
                                        key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def load_extra(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The ``extra`` tensors :func:`save_torch_state` stored."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(Path(folder) / TENSORS_FILE))
     return {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
 
 

@@ -153,9 +153,8 @@ class TRLStudent(PeftStudent):
         if self._restore_from is None:
             return None
         trainer = self.trainer
-        checkpoints.load_torch_state(self._restore_from, self._handle.peft_model, trainer.optimizer,
-                                     trainer.lr_scheduler)
-        by_rank = checkpoints.load_extra(self._restore_from)
+        by_rank = checkpoints.load_torch_state(self._restore_from, self._handle.peft_model, trainer.optimizer,
+                                               trainer.lr_scheduler)
         self._restore_from = None
         rank = trainer.accelerator.process_index
         # Each process draws its own dropout masks, so each gets its own state back (a launch with

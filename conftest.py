@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # helpers.py, for plugin tests too
 # Keep third-party plugins installed in the environment out of the suite.
 os.environ.setdefault("PROMPTBAKE_LOAD_PLUGINS", "")
+# A deprecation that promptbake's own call into transformers, peft or trl raises fails the test.
+pytest_plugins = ["deprecations"]
 
 _counter = itertools.count()
 

@@ -17,18 +17,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, capabilities, checkpoint, fidelity, generation, registry
+from . import (
+    __version__,
+    capabilities,
+    checkpoint,
+    decoding,
+    fidelity,
+    generation,
+    registry,
+)
 from .batching import batches, bucketed
 from .cache import TargetStore, score_as_stored, targets_key
 from .config import BakeConfig
 from .distributed import Ranks
 from .errors import ConfigError
-from .evaluate import Evaluation
+from .evaluate import evaluate_heldout
 from .fidelity import EPOCHS_DIR
-from .interfaces import Loss, SamplingConfig, Student, Teacher
+from .interfaces import Loss, Student, Teacher
 from .onpolicy import OnPolicySampler
 from .progress import counter, progress
-from .queries import load_queries
+from .queries import bake_queries
 from .render import Renderer
 from .rundir import (
     RUNTIME_KEYS,
@@ -82,22 +90,38 @@ class Baker:
         self.student: Student = registry.create(
             "student", config.student if student is None or isinstance(student, str) else student,
             **config.student_options)
-        chosen = config.loss is None and not isinstance(loss, Loss)
-        if chosen:  # recorded in the run's config
+        # With no loss named the default is provisional until both are set up (see settle_default_loss).
+        self.loss_chosen = config.loss is None and not isinstance(loss, Loss)
+        if self.loss_chosen:  # recorded in the run's config
             self.config = config = replace(config, loss=capabilities.default_loss(self.teacher, self.student, config))
-        try:
-            self.loss: Loss = registry.create(
-                "loss", config.loss if loss is None or isinstance(loss, str) else loss, **config.loss_options)
-        except TypeError as exc:
-            why = " (the default here, as no loss was named)" if chosen else ""
-            raise ConfigError(f"Loss '{config.loss}'{why} does not take loss_options "
-                              f"{sorted(config.loss_options)}: {exc}; name the loss they are for.") from None
+        self.loss: Loss = self._make_loss(loss if isinstance(loss, Loss) else None)
         if config.loss is None:  # a Loss instance was given
             self.config = config = replace(config, loss=self.loss.name)
         if config.top_k is None:  # the teacher's default K, recorded in the run's config
             self.config = config = replace(config, top_k=self.teacher.capabilities.default_top_k)
         self.run_dir: RunDir | None = None
         self.on_policy: OnPolicySampler | None = None  # set by run() when config.on_policy > 0
+
+    def _make_loss(self, instance: Loss | None = None) -> Loss:
+        """The loss of ``config.loss`` (or ``instance``), built with ``config.loss_options``."""
+        cfg = self.config
+        try:
+            return registry.create("loss", instance if instance is not None else cfg.loss, **cfg.loss_options)
+        except TypeError as exc:
+            why = " (the default here, as no loss was named)" if self.loss_chosen else ""
+            raise ConfigError(f"Loss '{cfg.loss}'{why} does not take loss_options "
+                              f"{sorted(cfg.loss_options)}: {exc}; name the loss they are for.") from None
+
+    def settle_default_loss(self) -> None:
+        """With no loss named, keep the default full_kl only where its targets will be stored as
+        the teacher's hidden states (2H bytes a token); where they would be full log-probs
+        (2V bytes a token: the student cannot read hidden states, or the model's output layer
+        does not split off its decoder), bake topk_kl instead. Call after both are set up."""
+        if not self.loss_chosen or self.loss.needs != "full" or self.target_kind() == "hidden":
+            return
+        self.config = replace(self.config, loss="topk_kl")
+        self.loss = self._make_loss()
+        capabilities.check(self.teacher, self.student, self.loss, self.config)
 
     @classmethod
     def resume(cls, run_dir: str | Path, prompt: str | None = None, **settings: Any) -> Baker:
@@ -146,8 +170,7 @@ class Baker:
         """
         cfg = self.config
         self.check()
-        queries = load_queries(cfg.queries, "train", cfg.max_queries)
-        heldout = load_queries(cfg.heldout, "heldout", cfg.max_heldout) if cfg.evaluate else []
+        queries, heldout = bake_queries(cfg.queries, cfg.heldout, cfg.max_queries, cfg.max_heldout, cfg.evaluate)
         out = cfg.out or _default_out()
         ranks = Ranks.from_env()
         if ranks.world > 1:
@@ -176,7 +199,10 @@ class Baker:
                 return BakeResult(run_dir=run.path, adapter_path=run.file("adapter"), main=False)
             self.teacher.setup(cfg)
             self.teacher.use_student_tokenizer(self.student.tokenizer)
+            self.settle_default_loss()
+            cfg = self.config
             capabilities.check_tokenizers(self.teacher, self.student, self.loss)
+            capabilities.check_sampling_extras(self.teacher, decoding.bake_extras(cfg, self.student))
             renderer = self.make_renderer(cfg.length_limit(self.student.context_length))
             if cfg.on_policy > 0:
                 self.on_policy = OnPolicySampler(self.teacher, self.student, renderer, queries, cfg,
@@ -200,10 +226,7 @@ class Baker:
             t0 = time.perf_counter()
             targets = self.cached_score(trajectories, sample_targets)
             timings["score_s"] = time.perf_counter() - t0
-            ranks.hand_over(run.path, {"targets": str(self._target_store(trajectories)[0].folder)})
-
-            evaluation = Evaluation(self.teacher, self.student, held, held_targets, cfg, run.path)
-            evaluation.before_training()
+            ranks.hand_over(run.path, {"targets": str(self._target_store(trajectories)[0].folder), "loss": cfg.loss})
 
             t0 = time.perf_counter()
             train = self.train(trajectories, targets)
@@ -212,7 +235,7 @@ class Baker:
             adapter = self.save()
             result = BakeResult(run_dir=run.path, adapter_path=adapter)
             t0 = time.perf_counter()
-            result.eval = evaluation.after_training()
+            result.eval = evaluate_heldout(self.teacher, self.student, held, held_targets, cfg) if held else None
             if cfg.evaluate and held:
                 found = fidelity.behaviour_metrics(self.teacher, self.student, renderer, heldout, cfg,
                                                    run.path, adapter)
@@ -234,7 +257,8 @@ class Baker:
 
     def make_renderer(self, max_length: int) -> Renderer:
         """The renderer of both sides (a mixture bake renders each query with its own prompt)."""
-        return Renderer(self.student.tokenizer, self.config.prompt, max_length)
+        return Renderer(self.student.tokenizer, self.config.prompt, max_length,
+                        decoding.eos_ids(self.student.generation_config), self.config.chat_template_kwargs)
 
     def _check_distributed(self) -> None:
         """Refuse launches that would train several unsynchronised copies or race on the run directory."""
@@ -248,7 +272,10 @@ class Baker:
     def _handed_over(self, ranks: Ranks) -> tuple[list[Trajectory], list[Targets]]:
         """What rank 0 sampled and scored, read back once it says they are whole."""
         assert self.run_dir is not None
-        ranks.wait(self.run_dir.path)
+        info = ranks.wait(self.run_dir.path)
+        if info.get("loss") not in (None, self.config.loss):  # rank 0 settled the default loss
+            self.config = replace(self.config, loss=info["loss"])
+            self.loss = self._make_loss()
         trajectories = self.run_dir.read_trajectories()
         store, key = self._target_store(trajectories)
         targets = store.read(key)
@@ -279,11 +306,8 @@ class Baker:
         Each chunk of queries is saved to the run directory as it completes (see generation.py).
         """
         cfg = self.config
-        sampling = SamplingConfig(
-            n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-            min_new_tokens=cfg.min_new_tokens, seed=cfg.seed, stop_ids=renderer.stop_ids,
-            logprobs=cfg.top_k if self._targets_from_samples() else None,
-        )
+        sampling = decoding.bake_sampling(cfg, renderer.stop_ids, decoding.bake_extras(cfg, self.student), n=n,
+                                          logprobs=cfg.top_k if self._targets_from_samples() else None)
         run = self.run_dir
         store = generation.ChunkStore(run.file("generate"), split) if run is not None else None
         return generation.generate(self.teacher, renderer, queries, sampling, split, store, cfg.progress,
@@ -522,6 +546,7 @@ class Baker:
             "base_model": cfg.model,
             "prompt_sha256": prompt_sha256(cfg.prompt),
             "teacher": self.teacher.name, "student": self.student.name, "loss": self.loss.name,
+            **({"chat_template_kwargs": cfg.chat_template_kwargs} if cfg.chat_template_kwargs else {}),
             "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         if self.config.include_prompt:

@@ -2,7 +2,8 @@
 
 Sides compared (each answers the same queries with greedy decoding):
 
-- ``base``: the student's model with the adapter off, no prompt;
+- ``base``: the student's model with the adapter off, no prompt (also for every
+  log-likelihood and KL of the base: never the teacher's model, which may be another);
 - ``prompted``: the teacher with the system prompt (what the bake imitates);
 - ``baked``: the student with the adapter, no prompt (optionally at a ``strength``);
 - ``reprompted``: the baked student *with* the prompt (the paper's re-prompting).
@@ -15,7 +16,7 @@ the teacher's text yet drift once it writes its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import batches
@@ -40,10 +41,11 @@ class Sides:
     max_new_tokens: int = 48
     show_progress: bool = True
     batch_rows: int = 64  # rows sampled per call (the bake's generate_batch_size)
+    extras: dict[str, Any] = field(default_factory=dict)  # generation_config extras, on every side (decoding.py)
 
     def greedy(self) -> SamplingConfig:
         return SamplingConfig(n=1, temperature=0.0, max_new_tokens=self.max_new_tokens,
-                              min_new_tokens=1, stop_ids=list(self.renderer.stop_ids))
+                              min_new_tokens=1, stop_ids=list(self.renderer.stop_ids), extras=dict(self.extras))
 
     def prefixes(self, queries: Sequence[Query], prompted: bool) -> list[Prefix]:
         r = self.renderer
@@ -103,8 +105,9 @@ def answers(sides: Sides, queries: Sequence[Query], names: Sequence[str] = SIDES
 
 def loglik_for(sides: Sides) -> Callable[[str, str, str], float]:
     """``loglik(side, question, continuation)``: the summed log-probability of ``continuation``
-    as the reply to ``question`` (for multiple-choice probes). Base and prompted need a teacher
-    with full distributions of the same model (the hf teacher); baked uses the student."""
+    as the reply to ``question`` (for multiple-choice probes). Prompted needs a teacher with
+    full distributions (the hf teacher); base and baked are the student with its adapter off
+    and on."""
     import torch
 
     teacher_full = sides.teacher.capabilities.can_score and sides.teacher.capabilities.full_logits
@@ -113,11 +116,10 @@ def loglik_for(sides: Sides) -> Callable[[str, str, str], float]:
         query = Query(id="probe", messages=({"role": "user", "content": question},))
         ids = sides.renderer.tokenizer(continuation, add_special_tokens=False)["input_ids"]
         traj = sides.renderer.trajectory(query, ids or [sides.renderer.eot_id])
-        if side == "baked":
-            targets = sides.student.score([traj], full=True)[0]
-        elif side in ("base", "prompted") and teacher_full:
-            targets = sides.teacher.score([traj], top_k=None, full=True,
-                                          side="prompted" if side == "prompted" else "unprompted")[0]
+        if side in ("base", "baked"):
+            targets = sides.student.score([traj], full=True, strength=0.0 if side == "base" else 1.0)[0]
+        elif side == "prompted" and teacher_full:
+            targets = sides.teacher.score([traj], top_k=None, full=True, side="prompted")[0]
         else:
             raise ConfigError(f"Multiple-choice probes need log-likelihoods for '{side}', which teacher "
                               f"'{sides.teacher.name}' cannot give; use the hf teacher.")
@@ -157,8 +159,9 @@ def sampled_probe_scores(probes: Sequence[Probe], sides: Sides, queries: Sequenc
 def on_policy(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig, top_k: int,
               batch_size: int = 8, samples: dict[str, list[Sample]] | None = None) -> dict[str, Any] | None:
     """KL(prompted || base) on the base model's own samples and KL(prompted || baked) on the baked
-    model's, with the gap closed; None when the teacher cannot score. ``samples`` holds samples
-    already drawn per side (one per query), used instead of sampling again."""
+    model's, with the gap closed; None when the teacher cannot score. Base and baked are the
+    student with its adapter off and on. ``samples`` holds samples already drawn per side (one
+    per query), used instead of sampling again."""
     tc = sides.teacher.capabilities
     if not tc.can_score:
         return None
@@ -166,18 +169,13 @@ def on_policy(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig, 
     out: dict[str, Any] = {"kl": "full" if full else f"top-{top_k} with tail (a lower bound)"}
     tallies: dict[str, Tally] = {}
     for name in ("base", "baked"):
-        if name == "base" and not full:
-            continue  # the base's distribution on its own samples needs the base model's full logits
         drawn = (samples or {}).get(name) or sides.sample(name, queries, sampling)
         trajs = trajectories_of(sides.renderer, queries, drawn)
         tally = tallies[name] = Tally(full)
         for part in batches(trajs, batch_size):
             prompted = BatchTargets.concat(sides.teacher.score(part, top_k=top_k, full=full, side="prompted"))
-            if name == "baked":
-                other = BatchTargets.concat(sides.student.score(part, full=True)).full_logprobs
-            else:
-                other = BatchTargets.concat(sides.teacher.score(part, top_k=None, full=True,
-                                                                side="unprompted")).full_logprobs
+            strength = 0.0 if name == "base" else 1.0
+            other = BatchTargets.concat(sides.student.score(part, full=True, strength=strength)).full_logprobs
             tally.add(prompted, other, response_positions(part))
         out[f"kl_prompted_{name}"] = tally.mean_kl
         out[f"top1_agreement_{name}"] = tally.agreement

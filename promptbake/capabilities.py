@@ -65,13 +65,32 @@ def _vocab_signature(tokenizer: Any) -> tuple[int, int]:
 
 
 def check_tokenizers(teacher: Teacher, student: Student, loss: Loss) -> None:
-    """KL losses compare distributions token by token, so both sides need one vocabulary."""
+    """KL losses compare distributions token by token, so both sides need one vocabulary, and
+    distributions over it of one width (checked after setup, before any work)."""
     if not loss.same_tokenizer or teacher.tokenizer is None:
         return
-    if teacher.tokenizer is student.tokenizer:
-        return
-    if _vocab_signature(teacher.tokenizer) != _vocab_signature(student.tokenizer):
+    if teacher.tokenizer is not student.tokenizer and \
+            _vocab_signature(teacher.tokenizer) != _vocab_signature(student.tokenizer):
         raise CapabilityError(
             f"Loss '{loss.name}' compares teacher and student token by token, but their tokenizers "
             f"differ; use the same model family for both, or loss ce (which trains on text)."
+        )
+    tv, sv = teacher.vocab_size, student.vocab_size
+    if tv is not None and sv is not None and tv != sv:
+        raise CapabilityError(
+            f"Loss '{loss.name}' compares teacher and student token by token, but the teacher's model gives "
+            f"{tv} logits and the student's {sv} over one tokenizer (one of them has fewer output rows than the "
+            f"tokenizer has tokens); use models whose output layers cover the tokenizer, or loss ce."
+        )
+
+
+def check_sampling_extras(teacher: Teacher, extras: dict[str, Any]) -> None:
+    """The generation_config extras every side must sample with are ones the teacher can apply."""
+    missing = sorted(set(extras) - teacher.capabilities.sampling_extras)
+    if missing:
+        can = ", ".join(sorted(teacher.capabilities.sampling_extras)) or "none"
+        raise CapabilityError(
+            f"With generation_config=true every side samples with the model's {', '.join(missing)}, which teacher "
+            f"'{teacher.name}' cannot apply (it can: {can}); set generation_config=false to sample the plain "
+            f"distribution on every side."
         )

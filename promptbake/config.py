@@ -38,7 +38,13 @@ class BakeConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None  # None: the teacher's default (256 for hf; 20 for hosted APIs, vLLM and Tinker)
+    # Apply the student model's generation_config sampling extras (repetition penalty, top-k,
+    # min-p...) on every side alike; off: every side samples the plain distribution (decoding.py).
+    generation_config: bool = False
     max_length: int | None = None  # tokens per rendering; None: the model's context, at most 1024
+    # Extra arguments of the chat template, as deployed, e.g. {"enable_thinking": true} for Qwen3
+    # (whose thinking is off by default here), {"date_string": "..."} for Llama-3.1.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     # training
     epochs: int = 3
     batch_size: int = 8
@@ -125,9 +131,11 @@ class BakeConfig:
         if isinstance(self.on_policy, bool) or not isinstance(self.on_policy, int | float) \
                 or not 0 <= self.on_policy <= 1:
             raise ConfigError(f"on_policy must be a fraction between 0 and 1, got {self.on_policy!r}.")
+        if not isinstance(self.generation_config, bool):
+            raise ConfigError(f"generation_config must be true or false, got {self.generation_config!r}.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run directory and --overwrite replaces it; pass one of them.")
-        for name in ("teacher_options", "student_options", "loss_options"):
+        for name in ("teacher_options", "student_options", "loss_options", "chat_template_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a table of settings such as {{tail = false}} "
                                   f"(or {name}.KEY=VALUE with --set), got {getattr(self, name)!r}.")

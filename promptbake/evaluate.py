@@ -4,28 +4,22 @@ On trajectories sampled from the prompted teacher for queries never used in
 training, per response token: KL(prompted || baked), KL(prompted || base), the
 fraction of that gap the bake closed, and top-1 agreement with the prompted model.
 
-A teacher that scores (hf, vllm) gives the prompted and base distributions
-directly. A hosted teacher cannot score, so its held-out targets are the top-K
-log-probs that came with its own samples, and "base" is the student measured
-before training (a fresh LoRA adapter leaves the base model unchanged).
+"Prompted" is the teacher's distribution: full where it gives one (hf), else its
+top-K with the tail (scored, or the log-probs that came with a hosted teacher's
+own samples). "Baked" and "base" are both the student: with its adapter and with
+the adapter off. So a bake whose teacher is another model (a larger one of the
+same family) measures the gap the student's own model had to close.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from .batching import batches
-from .cache import TargetStore, targets_key
 from .config import BakeConfig
 from .interfaces import BatchTargets, Student, Teacher
 from .progress import progress
-from .rundir import write_json
 from .types import Targets, Trajectory
-
-BASE_FILE = "eval-base.json"
 
 
 class Tally:
@@ -111,31 +105,33 @@ def summary(base: Tally, baked: Tally, kind: str, trajectories: int) -> dict[str
 
 
 def heldout_metrics(teacher: Teacher, student: Student, trajectories: Sequence[Trajectory],
-                    top_k: int, batch_size: int = 8, show_progress: bool = True) -> dict[str, Any]:
-    """Mean per-token KL and agreement over ``trajectories``, with a teacher that scores."""
-    full = teacher.capabilities.full_logits
+                    top_k: int, batch_size: int = 8, show_progress: bool = True,
+                    reference: Sequence[Targets] | None = None) -> dict[str, Any]:
+    """Mean per-token KL and top-1 agreement of the baked and base student against the prompted teacher.
+
+    The prompted side is ``reference`` (targets that came with a hosted teacher's samples)
+    or the teacher's scores: full distributions where it gives them, else its top-K with
+    the tail. Baked is the student as trained; base is the student's own model with the
+    adapter off (``strength=0``), whichever model the teacher runs.
+    """
+    full = reference is None and teacher.capabilities.full_logits
     tallies = {"baked": Tally(full), "base": Tally(full)}
-    for part in progress(batches(trajectories, batch_size), "evaluate", show_progress):
-        prompted = BatchTargets.concat(teacher.score(part, top_k=top_k, full=full, side="prompted"))
+    for lo in progress(range(0, len(trajectories), batch_size), "evaluate", show_progress):
+        part = trajectories[lo: lo + batch_size]
+        given = reference[lo: lo + batch_size] if reference is not None else \
+            teacher.score(part, top_k=None if full else top_k, full=full, side="prompted")
+        prompted = BatchTargets.concat(given)
         positions = response_positions(part)
-        tallies["baked"].add(prompted, BatchTargets.concat(student.score(part, full=True)).full_logprobs, positions)
-        tallies["base"].add(prompted, BatchTargets.concat(
-            teacher.score(part, top_k=None, full=True, side="unprompted")).full_logprobs, positions)
+        for side, strength in (("baked", 1.0), ("base", 0.0)):
+            other = BatchTargets.concat(student.score(part, full=True, strength=strength)).full_logprobs
+            tallies[side].add(prompted, other, positions)
         del prompted
-    kind = "full" if full else f"top-{top_k} with tail (a lower bound)"
+    if full:
+        kind = "full"
+    else:
+        where = " on the teacher's own samples" if reference is not None else ""
+        kind = f"top-{top_k} with tail{where} (a lower bound)"
     return summary(tallies["base"], tallies["baked"], kind, len(trajectories))
-
-
-def tally_student(student: Student, trajectories: Sequence[Trajectory], targets: Sequence[Targets],
-                  batch_size: int = 8, show_progress: bool = True, label: str = "evaluate") -> Tally:
-    """KL and agreement of the student's current weights against given top-K targets."""
-    tally = Tally(full=False)
-    pairs = list(zip(trajectories, targets))
-    for part in progress(batches(pairs, batch_size), label, show_progress):
-        prompted = BatchTargets.concat([tg for _, tg in part])
-        trajs = [t for t, _ in part]
-        tally.add(prompted, BatchTargets.concat(student.score(trajs, full=True)).full_logprobs, response_positions(trajs))
-    return tally
 
 
 def response_positions(trajectories: Sequence[Trajectory]) -> list[int]:
@@ -143,85 +139,14 @@ def response_positions(trajectories: Sequence[Trajectory]) -> list[int]:
     return [i for t in trajectories for i in range(t.response_len)]
 
 
-class Evaluation:
-    """The held-out evaluation of one bake, measured around training.
-
-    A teacher with full distributions scores prompted and base sides after
-    training (:func:`heldout_metrics`). Otherwise the reference is the teacher's
-    held-out top-K (from its samples, or scored once), and the student is
-    measured against it before training (the base: a fresh adapter changes
-    nothing) and after.
-    """
-
-    def __init__(self, teacher: Teacher, student: Student, held: Sequence[Trajectory],
-                 held_targets: Sequence[Targets] | None, config: BakeConfig, run_path: str | Path | None = None):
-        self.teacher, self.student, self.held, self.config = teacher, student, list(held), config
-        self.held_targets = held_targets
-        self.reference: Sequence[Targets] | None = None
-        self.base: Tally | None = None
-        # Where the measurement before training is kept, so a resumed bake (whose
-        # student may already be trained) reads it instead of measuring again.
-        self.run_path = Path(run_path) if run_path is not None else None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.held) and self.student.capabilities.can_score
-
-    @property
-    def teacher_scores_base(self) -> bool:
-        tc = self.teacher.capabilities
-        return tc.can_score and tc.full_logits
-
-    def before_training(self) -> None:
-        """Find the reference and measure the untrained student, where that is the method."""
-        cfg = self.config
-        if not self.enabled or self.teacher_scores_base:
-            return
-        key = targets_key(model=cfg.teacher_model or cfg.model, teacher=self.teacher.name, prompt_sha256="",
-                          kind="topk", top_k=cfg.top_k, trajectories=self.held)
-        if self._restore(key):
-            return
-        if self.held_targets is not None:
-            self.reference = self.held_targets
-        elif self.teacher.capabilities.can_score:
-            self.reference = [t for part in batches(self.held, cfg.score_batch_size * 4)
-                              for t in self.teacher.score(part, top_k=cfg.top_k, full=False)]
-        if self.reference is not None:
-            self.base = tally_student(self.student, self.held, self.reference, cfg.score_batch_size,
-                                      cfg.progress, "evaluate base")
-            if self.run_path is not None:
-                if self.held_targets is None:
-                    TargetStore(self.run_path / "heldout-targets").write(self.reference, key)
-                write_json(self.run_path / BASE_FILE, {"key": key, "base": self.base.to_json()})
-
-    def _restore(self, key: str) -> bool:
-        """Take the reference and base measurement saved by an earlier run of this bake."""
-        if self.run_path is None or not self.config.resume:
-            return False
-        try:
-            saved = json.loads((self.run_path / BASE_FILE).read_text(encoding="utf-8"))
-            base = Tally.from_json(saved["base"]) if saved.get("key") == key else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        reference = (self.held_targets if self.held_targets is not None
-                     else TargetStore(self.run_path / "heldout-targets").read(key))
-        if base is None or reference is None:
-            return False
-        self.base, self.reference = base, reference
-        return True
-
-    def after_training(self) -> dict[str, Any] | None:
-        """The metrics for eval.json, or None when nothing could be evaluated."""
-        cfg = self.config
-        if not self.enabled:
-            return None
-        if self.teacher_scores_base:
-            return heldout_metrics(self.teacher, self.student, self.held, cfg.top_k,
-                                   cfg.score_batch_size, cfg.progress)
-        if self.reference is None or self.base is None:
-            return None
-        baked = tally_student(self.student, self.held, self.reference, cfg.score_batch_size,
-                              cfg.progress, "evaluate")
-        where = "the teacher's own samples" if self.held_targets is not None else "held-out samples"
-        return summary(self.base, baked, f"top-{cfg.top_k} with tail on {where} (a lower bound)",
-                       len(self.held))
+def evaluate_heldout(teacher: Teacher, student: Student, held: Sequence[Trajectory],
+                     held_targets: Sequence[Targets] | None, config: BakeConfig) -> dict[str, Any] | None:
+    """The held-out metrics for eval.json, or None when nothing can be evaluated: no held-out
+    trajectories, a student that cannot score, or a teacher that neither scores nor gave
+    log-probs with its samples."""
+    if not held or not student.capabilities.can_score:
+        return None
+    if held_targets is None and not teacher.capabilities.can_score:
+        return None
+    return heldout_metrics(teacher, student, held, config.top_k, config.score_batch_size, config.progress,
+                           reference=held_targets)

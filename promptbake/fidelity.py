@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import behaviour
+from . import behaviour, decoding
 from .config import BakeConfig
 from .errors import ConfigError
-from .interfaces import SamplingConfig, Student, Teacher
+from .interfaces import Student, Teacher
 from .probes import parse_probes
 from .render import Renderer
 from .rundir import write_text
@@ -52,7 +52,7 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
     if not queries or not student.capabilities.can_generate:
         return {}
     sides = behaviour.Sides(teacher, student, renderer, config.max_new_tokens, config.progress,
-                            config.generate_batch_size)
+                            config.generate_batch_size, decoding.bake_extras(config, student))
     probes = parse_probes(config.probes)
     names = [*behaviour.SIDES, *(["reprompted"] if config.reprompt else [])]
     rows, stats = behaviour.answers(sides, queries, names)
@@ -62,9 +62,7 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
     out: dict[str, Any] = {"answers": stats}
     if probes:
         out["probes"] = behaviour.probe_scores(probes, rows, names, loglik)
-    sampling = SamplingConfig(n=1, temperature=config.temperature, top_p=config.top_p,
-                              max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
-                              seed=config.seed + 1, stop_ids=list(renderer.stop_ids))
+    sampling = decoding.bake_sampling(config, renderer.stop_ids, sides.extras, seed=config.seed + 1)
     text_probes = [p for p in probes if not p.needs_model]
     drawn: dict[str, list[list[Any]]] = {}
     if text_probes and config.probe_samples:
@@ -106,12 +104,12 @@ def evaluate_run(run_dir: str | Path, prompt: str | None = None, *, report: bool
 
     ``prompt`` is needed when the run kept only its sha256. ``settings`` are evaluation
     settings (probes, strengths, reprompt, max_heldout, progress). The held-out KL is
-    measured again where the teacher gives full distributions; otherwise the bake's own
-    figures are kept.
+    measured again where the teacher scores; otherwise (a hosted teacher, whose held-out
+    targets came with its samples) the bake's own figures are kept.
     """
     from .baker import Baker
     from .evaluate import heldout_metrics
-    from .queries import load_queries
+    from .queries import bake_queries
     from .rundir import RunDir, verified_dir, write_json
 
     if (Path(run_dir) / "mixture.json").is_file():
@@ -137,15 +135,14 @@ def evaluate_run(run_dir: str | Path, prompt: str | None = None, *, report: bool
         teacher.setup(cfg)
         teacher.use_student_tokenizer(student.tokenizer)
         renderer = baker.make_renderer(cfg.length_limit(student.context_length))
-        heldout = load_queries(cfg.heldout, "heldout", cfg.max_heldout)
+        heldout = bake_queries(cfg.queries, cfg.heldout, cfg.max_queries, cfg.max_heldout)[1]
         old = run.file("eval.json")
         metrics: dict[str, Any] = json.loads(old.read_text(encoding="utf-8")) if old.is_file() else {}
         held_file = run.file("heldout.jsonl")
         held = run.read_trajectories("heldout.jsonl") if held_file.is_file() else []
         ids = {q.id for q in heldout}
         held = [t for t in held if t.query_id in ids]
-        tc = teacher.capabilities
-        if held and tc.can_score and tc.full_logits:
+        if held and teacher.capabilities.can_score:
             metrics.update(heldout_metrics(teacher, student, held, cfg.top_k, cfg.score_batch_size, cfg.progress))
         for key in BEHAVIOUR_KEYS:  # measured again below; a setting turned off must not leave old figures
             metrics.pop(key, None)

@@ -80,7 +80,7 @@ def chunk_key(teacher: Teacher, model: str, sampling: SamplingConfig, prefixes: 
     h = hashlib.sha256()
     h.update(json.dumps([str(teacher), model, sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens,
                          sampling.min_new_tokens, sampling.seed, list(sampling.stop_ids), sampling.logprobs,
-                         n_queries]).encode())
+                         n_queries, *([sorted(sampling.extras.items())] if sampling.extras else [])]).encode())
     for p in prefixes:
         h.update(json.dumps([p.ids, list(p.messages)]).encode())
     return h.hexdigest()

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import decoding, models
 from .errors import ConfigError
+from .interfaces import SamplingConfig
 from .render import Renderer
 from .types import Query
 
@@ -30,8 +31,10 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
     ``strength`` scales a LoRA adapter at load time (the paper's half-baking): 0 is the
     base model, 1 the bake as trained, values between give a partial bake.
     """
-    import torch
     from peft import PeftModel
+
+    from .sampling import sample_rows
+    from .students.prefix import sample_after_prefix
 
     if not 0 <= strength <= 1:
         raise ConfigError(f"strength must be between 0 and 1, got {strength!r}.")
@@ -46,16 +49,22 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
     except ConfigError:
         handle.model = models.without_adapter(baked)
         raise
-    renderer = Renderer(handle.tokenizer, prompt or "", max_length=10**9)
+    renderer = Renderer(handle.tokenizer, prompt or "", max_length=10**9,
+                        eos_ids=decoding.eos_ids(handle.model.generation_config),
+                        chat_template_kwargs=meta.get("chat_template_kwargs"))
     query = Query(id="q", messages=({"role": "user", "content": question},))
+    # Greedy, through the same decoding as the bake's evaluation (no generation_config extras).
+    sampling = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, min_new_tokens=1,
+                              stop_ids=list(renderer.stop_ids))
 
-    def answer(module: Any, prompted: bool) -> str:
-        ids = torch.tensor([renderer.prefix(query, prompted)], device=handle.device)
-        with torch.no_grad():
-            out = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=max_new_tokens, eos_token_id=renderer.stop_ids,
-                                  pad_token_id=handle.tokenizer.pad_token_id)
-        return handle.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    def answer(module: Any, prompted: bool, soft_prefix: bool = False) -> str:
+        rows, pad = [renderer.prefix(query, prompted)], handle.tokenizer.pad_token_id
+        if soft_prefix:  # decode after the trained prefix (students/prefix.py says why not PEFT's generate)
+            sample = sample_after_prefix(module, rows, sampling, pad, handle.device, 1, handle.vocab)[0][0]
+        else:
+            sample = sample_rows(module, rows, sampling, pad, handle.device, vocab=handle.vocab)[0][0]
+        ids = [t for t in sample.token_ids if t not in renderer.stop_ids]
+        return handle.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     answers: dict[str, str] = {}
     with baked.disable_adapter():
@@ -63,6 +72,6 @@ def compare(adapter: str | Path, question: str, prompt: str | None = None, *,
         if prompt:
             answers["prompted"] = answer(baked, True)
     with scaled:
-        answers["baked"] = answer(baked, False)
+        answers["baked"] = answer(baked, False, soft_prefix=baked.active_peft_config.is_prompt_learning)
     handle.model = models.without_adapter(baked)
     return answers

@@ -37,6 +37,9 @@ class TeacherCapabilities:
     # score_hidden gives final hidden states at response rows, which a student sharing the
     # teacher's output layer turns into full log-probs (full_kl at 2H bytes a token, not 2V).
     hidden_states: bool = False
+    # generation_config extras it can apply to its samples (decoding.EXTRAS names them): a bake
+    # with generation_config=true whose student model has others is refused before any work.
+    sampling_extras: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class SamplingConfig:
     # Top-K log-probs wanted with each sample (teachers with sample_logprobs, for a
     # KL loss); None: text and tokens only.
     logprobs: int | None = None
+    # Sampling settings of the model's generation_config applied on every side alike, with
+    # BakeConfig.generation_config (see decoding.py: repetition_penalty, no_repeat_ngram_size,
+    # top_k, min_p, typical_p). Empty: the plain distribution at temperature and top_p.
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Teacher(ABC):
@@ -85,6 +92,12 @@ class Teacher(ABC):
     @property
     def tokenizer(self) -> Any | None:
         """The tokenizer the teacher's ids refer to, or None when it returns text."""
+        return None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """How many logits its distributions cover (after setup), or None where it does not say.
+        Rows of a model's output layer past its tokenizer's vocabulary are padding, not counted."""
         return None
 
     def use_student_tokenizer(self, tokenizer: Any) -> None:
@@ -148,6 +161,19 @@ class Student(ABC):
         """Positions the model can attend over (None: unknown); bounds the renderings."""
         return None
 
+    @property
+    def vocab_size(self) -> int | None:
+        """How many logits its distributions cover (after setup), or None where it does not say:
+        the tokenizer's vocabulary, not the output layer's padded rows."""
+        return None
+
+    @property
+    def generation_config(self) -> Any | None:
+        """The model's ``transformers.GenerationConfig`` (after setup), or None where there is none:
+        its end ids stop every side's sampling, and with the setting ``generation_config`` its
+        sampling extras apply on every side (see decoding.py)."""
+        return None
+
     @abstractmethod
     def step(self, micro_batches: Sequence[Sequence[tuple[Trajectory, Targets]]], loss: Loss) -> dict[str, float]:
         """One optimizer step over gradient-accumulation micro-batches.
@@ -160,8 +186,13 @@ class Student(ABC):
     def save(self, path: str, metadata: dict[str, Any]) -> None:
         """Write the trained weights (and ``metadata``) to directory ``path``."""
 
-    def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
-        """The student's own distribution at response positions of the unprompted side."""
+    def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None,
+              strength: float = 1.0) -> list[Targets]:
+        """The student's own distribution at response positions of the unprompted side.
+
+        ``strength`` 0 is the base model (the adapter switched off): the evaluation's
+        baseline, which must be the student's model, not the teacher's, when the two differ.
+        """
         raise NotImplementedError(f"student '{self.name}' cannot score")
 
     def reads_hidden_targets(self, head: Any) -> bool:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import hf_internals, models
 from .errors import ConfigError
 from .inference import METADATA_FILE
 from .rundir import RunDir, replace_dir, write_json, write_manifest
@@ -97,23 +97,9 @@ def _private_base(spec: str, dtype: str, device: str) -> tuple[Any, Any]:
 
 
 def _drop_quantizer(model: Any, spec: str) -> None:
-    """Make a model loaded from a GGUF file, dequantized to plain tensors, saveable as an ordinary one.
-
-    transformers marks such a model as quantized and refuses to save it, although
-    its weights are ordinary tensors; weights still packed are refused here.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is None:
-        return
-    method = getattr(quantizer.quantization_config, "quant_method", None)
-    packed = getattr(quantizer, "packed_modules", None) or any(
-        type(m).__name__.lower().startswith("gguf") for m in model.modules())
-    if getattr(method, "value", method) != "gguf" or packed:
+    """Make a model loaded from a GGUF file, dequantized to plain tensors, saveable as an ordinary one;
+    weights still packed are refused."""
+    if hf_internals.weights_still_packed(model):
         raise ConfigError(f"Model '{spec}' is loaded with quantized weights, which a LoRA adapter cannot be merged "
                           f"into and saved; merge into the unquantized model (--model).")
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model, "quantization_method"):
-        model.quantization_method = None
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
+    hf_internals.drop_gguf_quantizer(model)

@@ -7,7 +7,6 @@ its adapter to that copy and the teacher runs it with the adapter disabled.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import warnings
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import hf_internals
 from .errors import ConfigError, MissingDependencyError
 from .render import require_chat_template
 
@@ -33,15 +33,8 @@ def hide_loading_bars() -> None:
 
     hf_logging.disable_progress_bar()
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    # transformers' GGUF loader uses a plain tqdm bar. tqdm reads TQDM_DISABLE only when it is
-    # first imported, so the loader's bar is also switched off where it is made.
     os.environ["TQDM_DISABLE"] = "1"
-    try:
-        from transformers import modeling_gguf_pytorch_utils as gguf_loader
-    except ImportError:  # no gguf support installed: no GGUF bar either
-        return
-    if not isinstance(gguf_loader.tqdm, functools.partial):
-        gguf_loader.tqdm = functools.partial(gguf_loader.tqdm, disable=True)
+    hf_internals.hide_gguf_loader_bar()
 
 
 def embedded_gguf(name: str) -> tuple[str, str]:
@@ -116,9 +109,22 @@ class ModelHandle:
         return self.peft_model.disable_adapter()
 
     @property
+    def vocab(self) -> int:
+        """How many logits are compared: the tokenizer's vocabulary (rows of the output layer
+        past it are padding), or fewer where the model has fewer rows."""
+        return vocab_size(self.model, self.tokenizer)
+
+    @property
     def trainable(self) -> Any:
         """The module to call for the student (the adapter-wrapped model when present)."""
         return self.peft_model if self.peft_model is not None else self.model
+
+
+def vocab_size(model: Any, tokenizer: Any) -> int:
+    """The tokenizer's vocabulary, capped at the rows of ``model``'s output layer."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    rows = head.weight.shape[0] if head is not None and hasattr(head, "weight") else model.config.vocab_size
+    return min(len(tokenizer), int(rows))
 
 
 def adapter_scale(peft_model: Any, strength: float) -> Any:
@@ -180,11 +186,17 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> ModelHandle:
         raise _load_error(spec, exc) from exc
     model.to(device)
     model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad(tokenizer)
     handle = ModelHandle(spec=spec, model=model, tokenizer=tokenizer, device=device)
     _cache[key] = handle
     return handle
+
+
+def ensure_pad(tokenizer: Any) -> None:
+    """Give a tokenizer without a pad token (Llama-3, Mistral) its eos token as padding: padded
+    positions are masked, so which id fills them does not matter."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def register_handle(handle: ModelHandle, dtype: str = "auto") -> None:

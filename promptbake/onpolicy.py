@@ -21,11 +21,12 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import decoding
 from .batching import batches
 from .cache import score_as_stored
 from .config import BakeConfig
 from .generation import ChunkStore, chunk_seed
-from .interfaces import SamplingConfig, Student, Teacher
+from .interfaces import Student, Teacher
 from .render import Renderer
 from .types import Prefix, Query, Targets, Trajectory
 
@@ -65,9 +66,8 @@ class OnPolicySampler:
     def _sample(self, epoch: int, old: Sequence[Trajectory]) -> tuple[list[Trajectory], list[Targets]]:
         cfg, r = self.config, self.renderer
         queries = [self.queries[t.query_id] for t in old]
-        sampling = SamplingConfig(n=1, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                                  seed=chunk_seed(cfg.seed, "on-policy-sample", epoch), stop_ids=list(r.stop_ids))
+        sampling = decoding.bake_sampling(cfg, r.stop_ids, decoding.bake_extras(cfg, self.student),
+                                          seed=chunk_seed(cfg.seed, "on-policy-sample", epoch))
         prefixes = [Prefix(ids=r.prefix(q, False), messages=tuple(r.messages(q, False))) for q in queries]
         samples = [group[0] for group in self.student.generate(prefixes, sampling)]
         new = [r.trajectory(q, s.token_ids, t.sample) for q, s, t in zip(queries, samples, old)]

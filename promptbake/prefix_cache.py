@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from . import hf_internals
+
 ATTENTION_NAME = "promptbake_shared_prefix"
 PREFIX_KWARG = "promptbake_prefix"
 # Architectures whose attention is plain scaled dot-product over (RoPE'd) keys with a
-# causal mask, so a separate prefix part merges exactly. Others (sliding windows,
-# soft-capping, attention sinks, ALiBi) keep the expanded cache.
-SHARED_PREFIX_MODELS = {"llama", "qwen2", "qwen3", "mistral"}
+# causal mask, so a separate prefix part merges exactly (each verified in the model-family
+# matrix, tests/test_families.py). Others (sliding windows, soft-capping, attention sinks,
+# ALiBi) keep the expanded cache. A model of these types is also checked once on a probe
+# input (:func:`supports_shared_prefix`) before it is trusted.
+SHARED_PREFIX_MODELS = {"llama", "qwen2", "qwen3", "mistral", "granite", "olmo2", "phi3", "smollm3"}
 # torch's fused CPU attention kernel for the prefix part (tests turn it off to check the other path).
 FUSED_CPU = True
 SCORE_BLOCK = 1 << 26
@@ -60,15 +65,18 @@ class PrefixCache:
         if self.cache is not None:
             keep = common_prefix([self.ids[:shared], seqs[0][:shared]]) if shared else 0
             if keep >= min_len:
-                if keep < len(self.ids):  # only ever shrinks towards the truly shared part
+                if keep == len(self.ids):
+                    return keep
+                if not has_sliding_window(model):  # only ever shrinks towards the truly shared part
                     self.cache.crop(keep - len(self.ids))  # negative: tokens to drop (all versions)
                     self.ids = self.ids[:keep]
-                return keep
+                    return keep
+                shared = keep  # a sliding window's cache keeps no past to cut back to: computed again
         if shared < min_len:
             return 0
         ids = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=device)
         with torch.no_grad():  # a prefix cache serves scoring and sampling only
-            self.cache = model(input_ids=ids, use_cache=True).past_key_values
+            self.cache = hf_internals.output_cache(model(input_ids=ids, use_cache=True))
         self.ids = list(seqs[0][:shared])
         return shared
 
@@ -80,8 +88,7 @@ class PrefixCache:
 
     def layer(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [1, kv_heads, prefix, head_dim] of decoder layer ``idx``."""
-        entry = self.cache.layers[idx]
-        return entry.keys, entry.values
+        return hf_internals.cache_layer(self.cache, idx)
 
 
 def unwrapped(model: Any) -> Any:
@@ -91,28 +98,69 @@ def unwrapped(model: Any) -> Any:
 
 def supports_shared_prefix(model: Any) -> bool:
     """Whether ``model`` (a transformers causal LM, possibly inside PEFT) can score with
-    shared-prefix attention."""
-    config = getattr(unwrapped(model), "config", None)
+    shared-prefix attention: an architecture of :data:`SHARED_PREFIX_MODELS` without a
+    sliding window, on sdpa or eager attention, whose logits with a shared prefix equal its
+    own on a probe input (checked once per model)."""
+    base = unwrapped(model)
+    config = getattr(base, "config", None)
     if config is None or getattr(config, "model_type", None) not in SHARED_PREFIX_MODELS:
         return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+    if has_sliding_window(base):
         return False
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return False
-    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    if hf_internals.attn_implementation(base) not in ("sdpa", "eager"):
+        return False
+    if base not in _probed:
+        _probed[base] = _matches_on_probe(base)
+    return _probed[base]
+
+
+def has_sliding_window(model: Any) -> bool:
+    """Whether some layer of ``model`` attends over a sliding window (Mistral v0.1, Gemma, Phi-3)."""
+    config = getattr(unwrapped(model), "config", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return any("sliding" in str(t) for t in layer_types)
+    return bool(getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
+
+
+_probed: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+PROBE_TOKENS = 8  # prefix and row length of the probe input
+
+
+@torch.no_grad()
+def _matches_on_probe(model: Any) -> bool:
+    """Whether two rows after a shared 8-token prefix get the same logits from shared-prefix
+    attention as from the model's own attention over the whole rows."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    n = PROBE_TOKENS
+    ids = (torch.arange(3 * n) * 7 + 3) % vocab
+    rows = torch.stack([ids[n: 2 * n], ids[2 * n:]])
+    full = torch.cat([ids[:n].expand(2, -1), rows], 1)
+    training = model.training
+    model.eval()
+    try:
+        plain = model(input_ids=full.to(device)).logits[:, n:].float()
+        prefix = PrefixCache()
+        prefix.usable(model, full.tolist(), n, device, min_len=n)
+        real = torch.ones(rows.shape, dtype=torch.bool, device=device)
+        with shared_prefix_attention(model):
+            shared = model(input_ids=rows.to(device), attention_mask=causal_mask(real),
+                           position_ids=torch.arange(n, 2 * n, device=device).expand(2, -1),
+                           **{PREFIX_KWARG: prefix}).logits.float()
+    finally:
+        model.train(training)
+    return bool((plain - shared).abs().max() <= 1e-3 * (1 + plain.abs().max()))
 
 
 @contextlib.contextmanager
 def shared_prefix_attention(model: Any) -> Iterator[None]:
     """Route the model's attention through :func:`shared_prefix_forward` inside the block."""
-    _register()
-    config = unwrapped(model).config
-    before = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
+    hf_internals.register_attention(ATTENTION_NAME, shared_prefix_forward)
+    with hf_internals.attention(model, ATTENTION_NAME):
         yield
-    finally:
-        config._attn_implementation = before
 
 
 def causal_mask(real: torch.Tensor) -> torch.Tensor:
@@ -182,10 +230,3 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         outs.append(torch.bmm(s.sub_(lse[..., None]).exp_().to(v.dtype), v))
         lses.append(lse)
     return torch.cat(outs, 1), torch.cat(lses, 1)
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-
-    if ATTENTION_NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTENTION_NAME, shared_prefix_forward)

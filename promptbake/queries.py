@@ -1,9 +1,12 @@
 """Queries: the built-in set (with a fixed held-out split) and user files.
 
 A JSONL line is one of ``{"messages": [...]}``, ``{"prompt": "..."}`` or
-``{"question": "..."}``, optionally with ``"id"`` and ``"category"``. Other
-local formats (CSV, Parquet, JSON) are read with ``datasets`` using the same
-column names.
+``{"question": "..."}``, optionally with ``"id"``, ``"category"`` and ``"split"``
+(``train``, or ``heldout`` / ``test`` / ``eval`` / ``validation``). Other local
+formats (CSV, Parquet, JSON) are read with ``datasets`` using the same column
+names. A file with a split column gives its train rows to training and, unless
+another held-out file is named, its held-out rows to the evaluation; training and
+held-out queries with the same text are refused (:func:`bake_queries`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ from .types import Query
 
 TEXT_KEYS = ("prompt", "question")
 BUILTIN = "builtin"
+SPLITS = {"train": "train", "heldout": "heldout", "held-out": "heldout", "held_out": "heldout", "test": "heldout",
+          "eval": "heldout", "evaluation": "heldout", "validation": "heldout", "valid": "heldout", "val": "heldout"}
+
+
+def _split_of(row: dict[str, Any], where: str) -> str | None:
+    value = row.get("split")
+    if value is None or value == "":
+        return None
+    name = SPLITS.get(str(value).strip().lower())
+    if name is None:
+        raise ConfigError(f"{where}: split '{value}' is neither train nor held-out "
+                          f"(use train, or heldout, test, eval or validation).")
+    return name
 
 
 def _query(row: dict[str, Any], where: str, index: int) -> Query:
@@ -53,13 +69,24 @@ def builtin_queries(split: str = "train") -> list[Query]:
 
 
 def load_queries(source: str | None, split: str = "train", limit: int | None = None) -> list[Query]:
-    """Queries from ``source`` (a file), or the built-in ``split`` when source is None."""
+    """Queries from ``source`` (a file), or the built-in ``split`` when source is None.
+
+    A file with a ``split`` column gives the rows of ``split`` (rows without one are
+    training rows); a file without one gives all its rows.
+    """
     if source is None or source == BUILTIN:
         queries = builtin_queries(split)
+        name = f"builtin:{split}"
     else:
-        queries = _load_file(Path(source))
+        rows = _load_file(Path(source))
+        if any(s is not None for _, s in rows):
+            queries = [q for q, s in rows if (s or "train") == split]
+            name = f"{source} (split {split})"
+        else:
+            queries = [q for q, _ in rows]
+            name = str(source)
     if not queries:
-        raise ConfigError(f"The query set {source or 'builtin:' + split} is empty.")
+        raise ConfigError(f"The query set {name} is empty.")
     seen: dict[str, int] = {}
     unique = []
     for q in queries:  # duplicate ids would collide in the run directory
@@ -69,7 +96,43 @@ def load_queries(source: str | None, split: str = "train", limit: int | None = N
     return unique[:limit] if limit else unique
 
 
-def _load_file(path: Path) -> list[Query]:
+def has_split(source: str | None, split: str) -> bool:
+    """Whether the user file ``source`` has rows marked ``split`` in a split column."""
+    if source is None or source == BUILTIN:
+        return False
+    return any(s == split for _, s in _load_file(Path(source)))
+
+
+def _text(query: Query) -> str:
+    """What two queries share when they are the same query: every message, case and spacing aside."""
+    return "\n".join(" ".join(m["content"].split()).casefold() for m in query.messages)
+
+
+def check_disjoint(train: list[Query], heldout: list[Query]) -> None:
+    """Refuse held-out queries whose text is also a training query's: they measure memory, not the bake."""
+    seen = {_text(q) for q in train}
+    shared = [q for q in heldout if _text(q) in seen]
+    if shared:
+        raise ConfigError(f"{len(shared)} of the {len(heldout)} held-out queries are also training queries "
+                          f"(e.g. {shared[0].text[:60]!r}); the evaluation must use queries the bake never trained "
+                          f"on, so remove them from one of the sets.")
+
+
+def bake_queries(queries: str | None, heldout: str | None, max_queries: int | None = None,
+                 max_heldout: int | None = None, evaluate: bool = True) -> tuple[list[Query], list[Query]]:
+    """A bake's training and held-out queries: ``heldout`` when named, else the held-out rows of
+    a ``queries`` file with a split column, else the built-in held-out split; checked disjoint."""
+    train = load_queries(queries, "train", max_queries)
+    if not evaluate:
+        return train, []
+    source = heldout if heldout is not None or not has_split(queries, "heldout") else queries
+    held = load_queries(source, "heldout", max_heldout)
+    check_disjoint(train, held)
+    return train, held
+
+
+def _load_file(path: Path) -> list[tuple[Query, str | None]]:
+    """Every query of a file with its split (None where the row names none)."""
     if not path.is_file():
         raise ConfigError(f"Query file {path} does not exist.")
     if path.suffix in (".jsonl", ".ndjson"):
@@ -85,7 +148,8 @@ def _load_file(path: Path) -> list[Query]:
                 rows.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path} line {number} is not valid JSON: {exc.msg}.") from None
-        return [_query(row, f"{path} line {number}", number - 1) for number, row in rows]
+        return [(_query(row, f"{path} line {number}", number - 1), _split_of(row, f"{path} line {number}"))
+                for number, row in rows]
     builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".parquet": "parquet",
                ".txt": "text"}.get(path.suffix)
     if builder is None:
@@ -98,6 +162,7 @@ def _load_file(path: Path) -> list[Query]:
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable files
         raise ConfigError(f"Could not read queries from {path}: {exc}") from None
     if builder == "text":
-        return [_query({"prompt": r["text"]}, f"{path} line {i + 1}", i)
+        return [(_query({"prompt": r["text"]}, f"{path} line {i + 1}", i), None)
                 for i, r in enumerate(data) if r["text"].strip()]
-    return [_query(dict(r), f"{path} row {i + 1}", i) for i, r in enumerate(data)]
+    return [(_query(dict(r), f"{path} row {i + 1}", i), _split_of(dict(r), f"{path} row {i + 1}"))
+            for i, r in enumerate(data)]

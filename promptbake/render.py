@@ -28,23 +28,42 @@ def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], **kwargs: Any) 
 
 
 def template_kwargs(tokenizer: Any) -> dict[str, Any]:
-    """Extra template arguments: disable Qwen3-style thinking where supported."""
+    """Default template arguments: Qwen3-style thinking off where the template has the switch
+    (the setting chat_template_kwargs, e.g. {"enable_thinking": true}, overrides them)."""
     template = getattr(tokenizer, "chat_template", None) or ""
     return {"enable_thinking": False} if "enable_thinking" in template else {}
 
 
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The token the template puts right after an assistant message's content."""
+def end_of_turn_id(tokenizer: Any, kwargs: dict[str, Any] | None = None) -> int:
+    """The token that ends an assistant turn: the first special or added token the template
+    puts after an assistant message's content, else the tokenizer's eos token.
+
+    Not simply the first token after the content: Llama-2-style templates render
+    ``' ' + content + ' ' + eos``, whose first token after the content is a space.
+    """
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs(tokenizer))
+    kwargs = template_kwargs(tokenizer) if kwargs is None else kwargs
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     after = text[text.rfind(_SENTINEL) + len(_SENTINEL):]
     ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-    if ids:
-        return int(ids[0])
+    marked = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    found = next((int(i) for i in ids if i in marked), None)
+    if found is not None:
+        return found
     if tokenizer.eos_token_id is None:
-        raise ConfigError("Cannot tell where an assistant turn ends: the template adds nothing "
-                          "after the reply and the tokenizer has no eos token.")
+        raise ConfigError("Cannot tell where an assistant turn ends: the template puts no special token after "
+                          "the reply and the tokenizer has no eos token.")
     return int(tokenizer.eos_token_id)
+
+
+def accepts_system(tokenizer: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the template renders a system message (Gemma-2's raises; a template may also drop it)."""
+    messages = [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "hi"}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception:  # noqa: BLE001 - jinja's TemplateError from raise_exception, or anything a template raises
+        return False
+    return _SENTINEL in text
 
 
 def require_chat_template(tokenizer: Any) -> None:
@@ -58,29 +77,48 @@ def require_chat_template(tokenizer: Any) -> None:
 
 
 class Renderer:
-    """Renders queries and responses for one tokenizer and one system prompt."""
+    """Renders queries and responses for one tokenizer and one system prompt.
 
-    def __init__(self, tokenizer: Any, system_prompt: str, max_length: int = 1024):
+    Sampling stops at :attr:`stop_ids`: the end-of-turn token, the tokenizer's eos token
+    and ``eos_ids`` (the model's generation_config lists more: Llama-3.1's <|eom_id|>,
+    Qwen2.5's <|endoftext|>). A response that stops at any of them ends with the
+    end-of-turn token, as the template renders a finished turn.
+    """
+
+    def __init__(self, tokenizer: Any, system_prompt: str, max_length: int = 1024, eos_ids: Sequence[int] = (),
+                 chat_template_kwargs: dict[str, Any] | None = None):
         require_chat_template(tokenizer)
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_length = max_length
-        self.kwargs = template_kwargs(tokenizer)
-        self.eot_id = end_of_turn_id(tokenizer)
-        stop = {self.eot_id}
+        self.kwargs = {**template_kwargs(tokenizer), **(chat_template_kwargs or {})}
+        # Without a system role (Gemma-2) the prompt opens the first user message, as Gemma-3's own
+        # template does with a system message.
+        self.system_role = accepts_system(tokenizer, self.kwargs)
+        self.eot_id = end_of_turn_id(tokenizer, self.kwargs)
+        stop = {self.eot_id, *(int(i) for i in eos_ids)}
         if tokenizer.eos_token_id is not None:
             stop.add(int(tokenizer.eos_token_id))
         self.stop_ids = sorted(stop)
 
     def messages(self, query: Query, prompted: bool) -> list[dict[str, str]]:
-        """The conversation sent to the model; the prompt is merged into any existing system turn."""
+        """The conversation sent to the model; the prompt is merged into any existing system turn,
+        or, where the template has no system role, put before the first user message."""
         msgs = [dict(m) for m in query.messages]
-        if not prompted:
+        if prompted:
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0]["content"] = self.system_prompt + "\n\n" + msgs[0]["content"]
+            else:
+                msgs = [{"role": "system", "content": self.system_prompt}, *msgs]
+        if self.system_role or not msgs or msgs[0]["role"] != "system":
             return msgs
-        if msgs and msgs[0]["role"] == "system":
-            msgs[0]["content"] = self.system_prompt + "\n\n" + msgs[0]["content"]
-            return msgs
-        return [{"role": "system", "content": self.system_prompt}, *msgs]
+        system, rest = msgs[0]["content"], msgs[1:]
+        first = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+        if first is None:
+            raise ConfigError("This chat template has no system role and the conversation has no user message "
+                              "to carry the system prompt.")
+        rest[first] = {**rest[first], "content": system + "\n\n" + rest[first]["content"]}
+        return rest
 
     def prefix(self, query: Query, prompted: bool) -> list[int]:
         """Token ids up to and including the assistant generation prompt."""
@@ -106,8 +144,9 @@ class Renderer:
                 break
         room = self.max_length - max(len(prompted), len(unprompted))
         if room < 1:
+            side = "with the system prompt" if len(prompted) >= len(unprompted) else "without the system prompt"
             raise AlignmentError(
-                f"Query '{query.id}' with the system prompt takes {len(prompted)} tokens, which "
+                f"Query '{query.id}' rendered {side} takes {max(len(prompted), len(unprompted))} tokens, which "
                 f"leaves no room for a response within max_length={self.max_length}; raise "
                 f"max_length or shorten the prompt."
             )

@@ -6,7 +6,6 @@ Layout::
     RUN/generate/          teacher samples, one file per chunk of queries (see generation.py)
     RUN/trajectories.jsonl rendered trajectories
     RUN/targets/           teacher targets (see cache.py)
-    RUN/eval-base.json     the untrained student's held-out scores, when measured before training
     RUN/checkpoint/        the latest training state (see checkpoint.py)
     RUN/metrics.jsonl      one line per training step and per stage
     RUN/adapter/           the trained adapter (plus promptbake.json)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import decoding, models
 from .baker import Baker, BakeResult, prompt_sha256
 from .config import BakeConfig
 from .distributed import Ranks
@@ -224,9 +224,10 @@ class _MixtureRenderer(Renderer):
     so the answers and on-policy evaluation of held-out queries use the prompt each query was
     baked with, never the mixture's canonical text."""
 
-    def __init__(self, tokenizer: Any, prompts: Sequence[str], max_length: int, canonical: str):
-        super().__init__(tokenizer, canonical, max_length)
-        self.renderers = [Renderer(tokenizer, p, max_length) for p in prompts]
+    def __init__(self, tokenizer: Any, prompts: Sequence[str], max_length: int, canonical: str,
+                 eos_ids: Sequence[int] = (), chat_template_kwargs: dict[str, Any] | None = None):
+        super().__init__(tokenizer, canonical, max_length, eos_ids, chat_template_kwargs)
+        self.renderers = [Renderer(tokenizer, p, max_length, eos_ids, chat_template_kwargs) for p in prompts]
         self.assigned: dict[str, int] = {}
 
     def messages(self, query: Query, prompted: bool) -> list[dict[str, str]]:
@@ -296,7 +297,8 @@ class MixtureBaker(Baker):
         return out_trajs, [tg for _, tgs in slots for tg in (tgs or [])]
 
     def make_renderer(self, max_length: int) -> Renderer:
-        return _MixtureRenderer(self.student.tokenizer, self.prompts, max_length, self.config.prompt)
+        return _MixtureRenderer(self.student.tokenizer, self.prompts, max_length, self.config.prompt,
+                                decoding.eos_ids(self.student.generation_config), self.config.chat_template_kwargs)
 
     def _mixture_renderer(self, renderer: Renderer) -> _MixtureRenderer:
         if not isinstance(renderer, _MixtureRenderer):

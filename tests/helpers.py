@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,7 @@ __all__ = [
     "make_tiny_llama",
     "make_tiny_qwen3",
     "make_tokenizer",
+    "registered",
     "save_tiny_model",
 ]
 
@@ -363,3 +366,16 @@ def save_tiny_model(tmp_path: str | pathlib.Path, style: str = "smollm2", seed: 
     if reloaded.chat_template != tokenizer.chat_template:
         raise RuntimeError(f"chat template did not survive save/load in {path}")
     return path
+
+
+@contextmanager
+def registered(spec: str, model: Any, tokenizer: Any) -> Iterator[Any]:
+    """``model`` and ``tokenizer`` loadable as model ``spec`` inside the block (no hub, no files)."""
+    from promptbake import models
+
+    handle = models.ModelHandle(spec=spec, model=model, tokenizer=tokenizer, device="cpu")
+    models.register_handle(handle)
+    try:
+        yield handle
+    finally:
+        models.release(handle)

@@ -330,3 +330,82 @@ def test_loss_options_that_do_not_fit_the_loss_are_refused_in_one_sentence():
                                           r"take loss_options \['tail'\]"):
         Baker(PROMPT, loss_options={"tail": False})
     assert Baker(PROMPT, loss="topk_kl", loss_options={"tail": False}).loss.tail is False
+
+
+def test_the_default_loss_follows_what_will_be_stored(tiny_model, bake_settings, tmp_path):
+    """full_kl is the default only where its targets travel as the teacher's hidden states: the
+    prefix student cannot read them, and a model whose logits are not its output layer's (Granite
+    divides them by logits_scaling) gives none, so both would store 2V bytes a token."""
+    from helpers import registered
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from promptbake import models
+
+    assert Baker(PROMPT, student="prefix", model=tiny_model()).config.loss == "topk_kl"
+    spec = tiny_model()
+    assert Baker(PROMPT, model=spec).config.loss == "full_kl"
+    tok = models.load(spec).tokenizer
+    config = GraniteConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, logits_scaling=8.0,
+                           pad_token_id=tok.pad_token_id)
+    with registered("tiny-granite", GraniteForCausalLM(config).eval(), tok):
+        result = Baker(PROMPT, model="tiny-granite", **{**bake_settings, "evaluate": False}).run()
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["loss"] == "topk_kl"
+    assert json.loads((result.adapter_path / "promptbake.json").read_text())["loss"] == "topk_kl"
+    # Named, full_kl is kept (and stored as full log-probs).
+    with registered("tiny-granite", GraniteForCausalLM(config).eval(), tok):
+        named = Baker(PROMPT, model="tiny-granite", loss="full_kl",
+                      **{**bake_settings, "evaluate": False, "out": str(tmp_path / "named")}).run()
+    assert json.loads((named.run_dir / "config.json").read_text())["loss"] == "full_kl"
+
+
+def test_sampling_stops_at_every_end_id_of_the_models_generation_config(tiny_model, bake_settings):
+    from promptbake import models
+
+    spec = tiny_model("llama3")
+    handle = models.load(spec)
+    extra = handle.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    handle.model.generation_config.eos_token_id = [handle.tokenizer.eos_token_id, extra]
+    baker = Baker(PROMPT, model=spec, **bake_settings)
+    baker.student.setup(baker.config, 1)
+    try:
+        assert extra in baker.make_renderer(512).stop_ids
+    finally:
+        baker.close()
+
+
+def test_vocabularies_of_different_widths_are_refused_before_any_work(tiny_model, bake_settings, tmp_path):
+    """Teacher and student over one tokenizer whose output layers cover it differently (one model has
+    fewer rows than the tokenizer has tokens) cannot be compared token by token."""
+    from helpers import registered
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from promptbake import models
+
+    spec = tiny_model()
+    tok = models.load(spec).tokenizer
+    short = LlamaConfig(vocab_size=len(tok) - 8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)
+    with registered("tiny-short", LlamaForCausalLM(short).eval(), tok), pytest.raises(CapabilityError, match="logits"):
+        Baker(PROMPT, model=spec, teacher_model="tiny-short", loss="full_kl", **bake_settings).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_generation_config_extras_a_teacher_cannot_apply_are_refused(tiny_model, bake_settings, tmp_path):
+    import dataclasses
+
+    from promptbake import models
+
+    spec = tiny_model()
+    models.load(spec).model.generation_config.repetition_penalty = 1.05
+
+    class Plain(HFTeacher):
+        capabilities = dataclasses.replace(HFTeacher.capabilities, sampling_extras=frozenset())
+
+    with pytest.raises(CapabilityError, match="repetition_penalty, which teacher 'hf' cannot apply"):
+        Baker(PROMPT, teacher=Plain(), model=spec, generation_config=True, **bake_settings).run()
+    assert not (tmp_path / "run").exists()
+    # Off (the default), every side samples the plain distribution, whatever the teacher.
+    result = Baker(PROMPT, teacher=Plain(), model=spec, **{**bake_settings, "evaluate": False}).run()
+    assert json.loads((result.run_dir / "config.json").read_text())["generation_config"] is False

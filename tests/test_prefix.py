@@ -84,3 +84,29 @@ def test_prompt_init_makes_the_prefix_the_prompts_kv_cache(tiny_model, bake_sett
 def test_prefix_options_are_checked_with_one_sentence(options, message):
     with pytest.raises(ConfigError, match=message):
         PrefixStudent(**options)
+
+
+def test_prefix_student_samples_after_its_prefix(tiny_model, bake_settings):
+    """Greedy answers follow the student's own teacher-forced distribution, prefix included
+    (PEFT's generate drops the prefix with transformers 5.24: the answers were the base model's)."""
+    from promptbake import BakeConfig, SamplingConfig
+    from promptbake.render import Renderer
+    from promptbake.types import Prefix, Query
+
+    spec = tiny_model()
+    student = PrefixStudent(num_virtual_tokens=4, init="random")
+    student.setup(BakeConfig(model=spec, device="cpu", student="prefix"), 1)
+    with torch.no_grad():  # a prefix that moves the model a long way from its base
+        student.handle.peft_model.prompt_encoder["default"].embedding.weight.normal_(0, 3.0)
+    r = Renderer(student.tokenizer, PROMPT)
+    queries = [Query(f"q{i}", ({"role": "user", "content": text},)) for i, text in enumerate(["Hi?", "Why is it so?"])]
+    prefixes = [Prefix(ids=r.prefix(q, False), messages=tuple(r.messages(q, False))) for q in queries]
+    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=6, min_new_tokens=6, stop_ids=list(r.stop_ids))
+    baked = student.generate(prefixes, greedy)
+    base = student.generate(prefixes, greedy, strength=0.0)
+    assert [g[0].token_ids for g in baked] != [g[0].token_ids for g in base]
+    for q, group in zip(queries, baked):
+        traj = r.trajectory(q, group[0].token_ids)
+        scored = student.score([traj], full=True)[0].full_logprobs
+        assert scored.argmax(-1).tolist() == traj.response_ids  # each token the argmax after the ones before
+    student.close()

@@ -78,3 +78,35 @@ def test_csv_through_datasets_and_duplicate_ids(tmp_path):
 
 def test_limit():
     assert len(load_queries(None, "train", limit=5)) == 5
+
+
+def test_a_split_column_is_honoured_and_overlaps_are_refused(tmp_path, tiny_model, bake_settings):
+    from promptbake import Baker
+
+    rows = [{"prompt": f"Question {i}?", "split": "train"} for i in range(6)]
+    rows += [{"prompt": "Held out one?", "split": "test"}, {"prompt": "Held out two?", "split": "heldout"}]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [q.text for q in load_queries(str(path), "train")] == [f"Question {i}?" for i in range(6)]
+    assert [q.text for q in load_queries(str(path), "heldout")] == ["Held out one?", "Held out two?"]
+    settings = {**bake_settings, "max_queries": None, "max_heldout": None}
+    result = Baker("Be a pirate.", model=tiny_model(), queries=str(path), **settings).run()
+    assert result.eval["trajectories"] == 2  # the file's held-out rows, not the built-in ones
+    # A held-out query that is also a training query is refused before any work.
+    rows.append({"prompt": "  question 3? ", "split": "eval"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match="1 of the 3 held-out queries are also training queries"):
+        Baker("Be a pirate.", model=tiny_model(), queries=str(path), **{**settings, "out": str(tmp_path / "b")}).run()
+    assert not (tmp_path / "b").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "split": "dev-ish"}) + "\n")
+    with pytest.raises(ConfigError, match="neither train nor held-out"):
+        load_queries(str(bad))
+
+
+def test_the_builtin_splits_are_disjoint():
+    from promptbake.queries import bake_queries, check_disjoint
+
+    train, held = bake_queries(None, None)
+    check_disjoint(train, held)
+    assert len(train) == 152 and len(held) == 48

@@ -129,3 +129,54 @@ def test_misaligned_trajectory_is_detected():
     traj.unprompted_ids[-2] += 1
     with pytest.raises(AlignmentError, match="differ"):
         check_alignment(traj)
+
+
+LLAMA2_TEMPLATE = (  # meta-llama/Llama-2-7b-chat-hf: ' ' + content + ' ' + eos after an assistant turn
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_end_of_turn_is_the_first_special_token_after_the_reply_not_a_space():
+    """Llama-2's template renders ' ' + content + ' ' + eos: the first token after the reply is a
+    space, which as a stop id would end sampling at any lone space."""
+    tok = make_tokenizer("smollm2")
+    tok.chat_template = LLAMA2_TEMPLATE
+    r = Renderer(tok, "Be brief.")
+    assert r.eot_id == tok.eos_token_id
+    space = tok(" ", add_special_tokens=False)["input_ids"]
+    assert not set(space) & set(r.stop_ids)
+    traj = r.from_text(Query("q", ({"role": "user", "content": "Hi"},)), "Hello there")
+    assert traj.response_ids[-1] == tok.eos_token_id
+
+
+def test_stop_ids_include_the_models_generation_eos_ids():
+    """Llama-3.1 lists <|eom_id|> and <|eot_id|> in generation_config.eos_token_id, Qwen2.5
+    <|im_end|> and <|endoftext|>: sampling stops at each, and the turn ends as the template does."""
+    tok = make_tokenizer("qwen3")
+    other = tok.convert_tokens_to_ids("<|endoftext|>")
+    r = Renderer(tok, "Be brief.", eos_ids=[tok.eos_token_id, other])
+    assert other in r.stop_ids
+    ids = tok("Hello", add_special_tokens=False)["input_ids"]
+    traj = r.trajectory(Query("q", ({"role": "user", "content": "Hi"},)), [*ids, other, *ids])
+    assert traj.finished and traj.response_ids == [*ids, r.eot_id]
+
+
+def test_a_template_without_a_system_role_gets_the_prompt_in_the_first_user_message():
+    tok = make_tokenizer("chatml")
+    tok.chat_template = (  # Gemma-2's: a system message raises
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+        "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    r = Renderer(tok, "Be brief.")
+    assert not r.system_role
+    q = Query("q", ({"role": "user", "content": "Hi"},))
+    assert r.messages(q, True) == [{"role": "user", "content": "Be brief.\n\nHi"}]
+    assert r.messages(q, False) == [{"role": "user", "content": "Hi"}]
+    check_alignment(r.from_text(q, "Hello"))

@@ -58,10 +58,11 @@ def reference(model, tmp_path_factory):
     return run, spied(spy)
 
 
-# The evaluation after training: the held-out KL scores its 2 trajectories on both sides (4);
-# the prompted model answers the 2 held-out queries (generate 2); the on-policy gap scores the
-# base's 2 samples on both sides and the baked model's 2 on the prompted side (6).
-EVAL = 4 + 6
+# The evaluation after training: the held-out KL scores its 2 trajectories on the prompted side
+# (2; base and baked are the student, with its adapter off and on); the prompted model answers the
+# 2 held-out queries (generate 2); the on-policy gap scores the base's 2 samples and the baked
+# model's 2 on the prompted side (4).
+EVAL = 2 + 4
 EVAL_GENERATE = 2
 # (stage, which call is killed, teacher work the resumed bake does, first train step it runs)
 CASES = {

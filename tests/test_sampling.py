@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 from helpers import make_tiny_llama, make_tiny_qwen3, make_tokenizer
 
 import promptbake.sampling as sampling_mod
+from promptbake import decoding
 from promptbake.interfaces import SamplingConfig
 from promptbake.prefix_cache import PrefixCache
 from promptbake.render import Renderer
@@ -112,3 +116,30 @@ def test_rows_without_a_shared_prefix_use_generate(monkeypatch):
     sampling = SamplingConfig(n=1, temperature=0, max_new_tokens=4)
     sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 6, PrefixCache())
     assert calls == [1]
+
+
+def test_every_path_samples_through_the_same_processors(monkeypatch):
+    """A model whose generation_config ships a repetition penalty (Qwen2.5-Instruct: 1.05):
+    model.generate would apply it and shared-prefix decoding would not, so the prompted teacher and
+    the students sampled different distributions. Neither applies it unless asked."""
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=8, min_new_tokens=8, stop_ids=[tok.eos_token_id])
+    # Prompts that already hold the tokens the model would say next, so a penalty on them tells.
+    prefixes = [p + g[0].token_ids for p, g in zip(_prefixes(tok, 4), sample_rows(
+        model, _prefixes(tok, 4), greedy, tok.pad_token_id, "cpu", batch_size=8))]
+    model.generation_config.repetition_penalty = 3.0
+    shared = sample_rows(model, prefixes, greedy, tok.pad_token_id, "cpu", batch_size=8, prefix=PrefixCache())
+    plain = sample_rows(model, prefixes, greedy, tok.pad_token_id, "cpu", batch_size=8)
+    assert _tokens(shared) == _tokens(plain)
+    # model.generate left to itself applies the penalty: another distribution.
+    x = torch.tensor([prefixes[0]])
+    own = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=8,
+                         min_new_tokens=8, eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    own = own[0, x.shape[1]:].tolist()
+    assert _tokens(plain)[0][0] != own
+    # Asked for (generation_config=true), the model's extras apply on both paths alike.
+    asked = dataclasses.replace(greedy, extras=decoding.extras(model.generation_config))
+    for cache in (PrefixCache(), None):
+        got = sample_rows(model, prefixes[:1], asked, tok.pad_token_id, "cpu", batch_size=8, prefix=cache)
+        assert _tokens(got)[0][0] == own

@@ -230,17 +230,67 @@ def test_prefix_cache_shrinks_to_what_later_batches_share():
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_whole_model_fallback_matches_the_split_path():
-    tok = make_tokenizer("smollm2")
-    model = make_tiny_llama(tok)
-    trajs = _trajectories(tok, 3)
-    split, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
-    model.config.final_logit_softcapping = 30.0  # Llama ignores it; split_head must not
-    from promptbake.scoring import split_head
+def _tiny_granite(tok, logits_scaling=8.0):
+    from transformers import GraniteConfig, GraniteForCausalLM
 
-    assert split_head(model) is None
-    whole, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
-    torch.testing.assert_close(whole, split, rtol=1e-4, atol=1e-5)
+    config = GraniteConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, logits_scaling=logits_scaling,
+                           pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return GraniteForCausalLM(config).eval()
+
+
+def test_a_model_whose_logits_are_not_its_output_layer_is_scored_whole():
+    """Granite divides its logits by logits_scaling after the output layer: the split path
+    would give lm_head(hidden), off by up to tens of nats in log-probability."""
+    from promptbake.scoring import score_targets, split_head
+
+    tok = make_tokenizer("smollm2")
+    model = _tiny_granite(tok)
+    trajs = _trajectories(tok, 3)
+    assert split_head(model) is None  # found on a probe input, not from a list of config keys
+    got, lengths = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+    start = 0
+    for t, r in zip(trajs, lengths):
+        full = model(input_ids=torch.tensor([t.prompted_ids])).logits[0]
+        p = t.prompted_prefix_len
+        torch.testing.assert_close(got[start: start + r], full[p - 1: p - 1 + r], rtol=1e-4, atol=1e-5)
+        start += r
+    # Targets too: the model's log-probs, not the output layer's.
+    targets = score_targets(model, trajs, "prompted", tok.pad_token_id, "cpu", top_k=None, full=True)
+    full = torch.log_softmax(model(input_ids=torch.tensor([trajs[0].prompted_ids])).logits[0].float(), -1)
+    p = trajs[0].prompted_prefix_len
+    torch.testing.assert_close(targets[0].full_logprobs, full[p - 1: p - 1 + trajs[0].response_len],
+                               rtol=1e-4, atol=1e-4)
+    # The same model without scaling splits.
+    assert split_head(_tiny_granite(tok, logits_scaling=1.0)) is not None
+
+
+def test_output_rows_past_the_tokenizer_are_not_compared(monkeypatch):
+    """A model with more output rows than its tokenizer has tokens (Qwen2.5-7B: 152,064 for 151,665):
+    scores cover the tokenizer's vocabulary, on the split and the whole path alike."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from promptbake import scoring
+    from promptbake.scoring import score_targets, split_head
+
+    tok = make_tokenizer("smollm2")
+    config = LlamaConfig(vocab_size=len(tok) + 64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    trajs = _trajectories(tok, 2)
+    v = len(tok)
+    split = score_targets(model, trajs, "prompted", tok.pad_token_id, "cpu", top_k=5, full=True, vocab=v)
+    assert split_head(model, v) is not None
+    monkeypatch.setattr(scoring, "split_head", lambda *a: None)  # the whole-model path
+    logits, _ = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu", vocab=v)
+    assert logits.shape[-1] == v
+    whole = logits_to_targets(logits, [t.response_len for t in trajs], trajs, top_k=5, full=True)
+    for a, b in zip(split, whole):
+        assert a.full_logprobs.shape[-1] == v and int(a.topk_ids.max()) < v
+        torch.testing.assert_close(a.full_logprobs, b.full_logprobs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.full_logprobs.exp().sum(-1), torch.ones(len(a)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

@@ -25,7 +25,7 @@ from ..interfaces import (
     StudentCapabilities,
 )
 from ..sampling import sample_rows
-from ..scoring import response_logits, score_targets, split_head
+from ..scoring import response_logits, same_output_layer, score_targets, split_head
 from ..types import Prefix, Sample, Targets, Trajectory
 
 
@@ -111,15 +111,16 @@ class PeftStudent(Student):
             # full_kl holds [rows, V] teacher targets (or makes them from the teacher's hidden
             # states through the output layer): it always goes in its own chunks.
             chunk = getattr(loss, "chunk_size", None) if loss.needs == "full" else self.head_chunk
-            split = split_head(model) if chunk and (rows > chunk or targets.hidden is not None) else None
+            split = split_head(model, h.vocab) if chunk and (rows > chunk or targets.hidden is not None) else None
             if targets.hidden is not None and split is None:
                 raise RuntimeError("hidden-state targets need the output layer split off the decoder")
             if split is not None:  # large: logits chunk by chunk from hidden states
                 hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                            hidden=True)
+                                            hidden=True, vocab=h.vocab)
                 value = loss.from_hidden(hidden, split[1], targets, num_tokens, chunk)
             else:
-                logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device)
+                logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                            vocab=h.vocab)
                 value = loss(logits, targets, num_tokens)
             value.backward()
             total += float(value.detach())
@@ -135,18 +136,28 @@ class PeftStudent(Student):
         return {"loss": total, "lr": lr, "grad_norm": grad_norm, "tokens": float(num_tokens)}
 
     def reads_hidden_targets(self, head: Any) -> bool:
-        split = split_head(self._handle.peft_model)
-        return split is not None and split[1] is head and not any(p.requires_grad for p in head.parameters())
+        split = split_head(self._handle.peft_model, self._handle.vocab)
+        return (split is not None and same_output_layer(split[1], head)
+                and not any(p.requires_grad for p in head.parameters()))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._handle.vocab
+
+    @property
+    def generation_config(self) -> Any:
+        return self._handle.model.generation_config
 
     @torch.no_grad()
-    def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None) -> list[Targets]:
+    def score(self, trajectories: Sequence[Trajectory], *, full: bool, top_k: int | None = None,
+              strength: float = 1.0) -> list[Targets]:
         h = self._handle
         out: list[Targets] = []
-        with models.eval_mode(h.peft_model):
+        with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             size = self.config.score_batch_size if self.config else 8
             for part in batches(trajectories, size):
                 out.extend(score_targets(h.peft_model, part, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                         top_k=top_k, full=full))
+                                         top_k=top_k, full=full, vocab=h.vocab))
         return out
 
     def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig, *,
@@ -157,7 +168,7 @@ class PeftStudent(Student):
         size = (self.config or BakeConfig).generate_batch_size
         with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             return sample_rows(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
-                               h.device, size)
+                               h.device, size, vocab=h.vocab)
 
     def load_adapter(self, path: str) -> None:
         from peft import set_peft_model_state_dict

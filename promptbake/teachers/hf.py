@@ -15,6 +15,7 @@ import torch
 from .. import models
 from ..batching import batches
 from ..config import BakeConfig
+from ..decoding import EXTRAS
 from ..interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
 from ..prefix_cache import PrefixCache
 from ..sampling import sample_rows
@@ -28,7 +29,7 @@ class HFTeacher(Teacher):
     name = "hf"
     capabilities = TeacherCapabilities(
         can_generate=True, can_score=True, max_top_k=None, full_logits=True, token_ids=True, default_top_k=256,
-        hidden_states=True,
+        hidden_states=True, sampling_extras=frozenset(EXTRAS),
     )
 
     def __init__(self, model: str | None = None, generate_batch_size: int | None = None,
@@ -68,7 +69,8 @@ class HFTeacher(Teacher):
         prefix = self.prefixes["prompted"] if self.prefixes else None
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             return sample_rows(h.model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
-                               h.device, self.generate_batch_size or BakeConfig.generate_batch_size, prefix, self.show_progress)
+                               h.device, self.generate_batch_size or BakeConfig.generate_batch_size, prefix,
+                               self.show_progress, vocab=h.vocab)
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,
@@ -79,13 +81,17 @@ class HFTeacher(Teacher):
             for part in batches(trajectories, self.score_batch_size or 8):
                 prefix = self.prefixes[side] if self.prefixes else None
                 out.extend(score_targets(h.model, part, side, h.tokenizer.pad_token_id, h.device,
-                                         top_k=top_k, full=full, prefix=prefix, hidden=hidden))
+                                         top_k=top_k, full=full, prefix=prefix, hidden=hidden, vocab=h.vocab))
         return out
 
     def score_hidden(self, trajectories: Sequence[Trajectory]) -> list[Targets]:
         return self.score(trajectories, top_k=None, full=False, hidden=True)
 
     def output_layer(self) -> Any | None:
-        split = split_head(self._handle.model)
+        split = split_head(self._handle.model, self._handle.vocab)
         return split[1] if split is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._handle.vocab
 

@@ -116,7 +116,7 @@ class TRLStudent(PeftStudent):
             self.trainer = _BakeTrainer(
                 model=self._handle.peft_model, args=self.arguments(len(steps), out, start),
                 bake=_Bake(list(trajectories), list(targets), micro, loss, self._handle.tokenizer.pad_token_id,
-                           total_steps=len(steps)),
+                           total_steps=len(steps), vocab=self._handle.vocab),
             )
             if self._restore_from is not None and self._sharded():
                 raise ConfigError("This bake's checkpoint cannot be restored under FSDP or DeepSpeed, which shard "
@@ -187,6 +187,7 @@ class _Bake:
     loss: Loss
     pad_id: int
     total_steps: int  # of the whole bake: the LR schedule's length when a resumed bake trains fewer
+    vocab: int | None = None  # logits compared: the tokenizer's vocabulary
 
 
 class _MicroBatches:
@@ -244,7 +245,7 @@ class _BakeTrainer(Trainer):
         device = inputs["index"].device
         trajectories = [bake.trajectories[i] for i in index]
         targets = BatchTargets.concat([bake.targets[i] for i in index], device=device)
-        logits, _ = response_logits(model, trajectories, "unprompted", bake.pad_id, device)
+        logits, _ = response_logits(model, trajectories, "unprompted", bake.pad_id, device, vocab=bake.vocab)
         value = bake.loss(logits, targets, int(num_items_in_batch))
         self.step_loss += float(value.detach())
         # DDP averages gradients over processes; the token mean over all of them needs the sum.

@@ -26,6 +26,8 @@ from .convert import prompt_targets, request_seed, sample_targets, to_sample
 
 INSTALL = "pip install 'promptbake-vllm[engine]'"
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's own default for max_logprobs
+# generation_config extras (promptbake.decoding.EXTRAS) that vLLM's SamplingParams take under the same names.
+SAMPLING_EXTRAS = frozenset({"repetition_penalty", "top_k", "min_p"})
 
 
 def import_vllm() -> Any:
@@ -94,6 +96,7 @@ class VLLMTeacher(Teacher):
     name = "vllm"
     capabilities = TeacherCapabilities(
         can_generate=True, can_score=True, max_top_k=None, full_logits=False, token_ids=True,
+        sampling_extras=SAMPLING_EXTRAS,
     )
 
     def __init__(self, model: str | None = None, tensor_parallel_size: int = 1,
@@ -169,6 +172,7 @@ class VLLMTeacher(Teacher):
             }
             if k:
                 required["logprobs"] = k
+            required.update(getattr(sampling, "extras", None) or {})  # generation_config=true: on every side
             params.append(make_params(self.vllm.SamplingParams, required,
                                       {"detokenize": False, "flat_logprobs": True}))
         # TokensPrompt is a TypedDict: the prompt is this plain dict.

@@ -33,7 +33,7 @@ from .convert import (
     request_seed,
     to_sample,
 )
-from .vllm import response_prompt, without_engine
+from .vllm import SAMPLING_EXTRAS, response_prompt, without_engine
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 T = TypeVar("T")
@@ -84,6 +84,7 @@ class VLLMServerTeacher(Teacher):
     name = "vllm-server"
     capabilities = TeacherCapabilities(
         can_generate=True, can_score=True, max_top_k=None, full_logits=False, token_ids=True,
+        sampling_extras=SAMPLING_EXTRAS,
     )
 
     def __init__(self, base_url: str = DEFAULT_URL, model: str | None = None,
@@ -204,7 +205,7 @@ class VLLMServerTeacher(Teacher):
                 presence_penalty=0.0, frequency_penalty=0.0,
                 logprobs=0,  # only for the "token_id:N" tokens of servers without return_token_ids
                 extra_body={
-                    **_PLAIN_SAMPLING, "min_tokens": sampling.min_new_tokens,
+                    **_PLAIN_SAMPLING, **(getattr(sampling, "extras", None) or {}), "min_tokens": sampling.min_new_tokens,
                     "stop_token_ids": list(sampling.stop_ids), "return_token_ids": True,
                     "return_tokens_as_token_ids": True, "add_special_tokens": False,
                 },

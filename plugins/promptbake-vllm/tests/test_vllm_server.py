@@ -71,6 +71,10 @@ def test_generation_reads_token_ids_or_token_id_strings(tiny_model, token_ids):
     assert body["stop_token_ids"] == renderer.stop_ids and body["top_k"] == -1
     assert body["return_tokens_as_token_ids"] is True and body["logprobs"] == 0
     assert len({b["seed"] for b in server.requests}) == 2
+    # generation_config=true: the student model's extras, applied on every side, override the plain ones.
+    asked = SamplingConfig(n=1, max_new_tokens=2, stop_ids=renderer.stop_ids, extras={"repetition_penalty": 1.05})
+    _teacher(server, concurrency=1).generate(prefixes[:1], asked)
+    assert server.requests[-1]["repetition_penalty"] == 1.05 and server.requests[-1]["top_k"] == -1
 
 
 def test_a_token_not_in_token_id_form_is_one_clear_error(tiny_model):

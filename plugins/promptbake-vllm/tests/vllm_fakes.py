@@ -169,6 +169,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     flat_logprobs: bool = False
     detokenize: bool = True
+    repetition_penalty: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
 
 
 # A SamplingParams from before flat_logprobs existed: the same fields less that one.

@@ -23,7 +23,7 @@ def tiny_model():
     """A function style -> registered model spec; the tiny model is shared by teacher and student."""
     from helpers import make_tiny_llama, make_tokenizer
 
-    from promptbake import models
+    from promptbake.builtin import models
 
     made = []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from promptbake import prefix_cache
+from promptbake.builtin import prefix_cache
 
 
 def fastest(fn: Callable[[], object], repeats: int) -> float:

@@ -32,16 +32,21 @@ from typing import Any
 
 import torch
 
-from promptbake import BakeConfig, Baker, models
-from promptbake.cache import TargetStore, score_as_stored
-from promptbake.evaluate import heldout_metrics
-from promptbake.losses import CELoss
-from promptbake.prefix_cache import PrefixCache, common_prefix
-from promptbake.queries import load_queries
-from promptbake.render import Renderer
-from promptbake.rundir import RunDir
-from promptbake.students.peft import PeftStudent
-from promptbake.teachers.hf import HFTeacher
+from promptbake import BakeConfig, Baker
+from promptbake.builtin import models
+from promptbake.builtin.hf import HFTeacher
+from promptbake.builtin.losses import CELoss
+from promptbake.builtin.peft import PeftStudent
+from promptbake.builtin.prefix_cache import PrefixCache, common_prefix
+from promptbake.run import files
+from promptbake.run.cache import TargetStore
+from promptbake.run.rundir import RunDir
+from promptbake.stages import score, train
+from promptbake.stages.evaluate.heldout import heldout_metrics
+from promptbake.stages.generate import sample_split
+from promptbake.stages.queries import load_queries
+from promptbake.stages.render import Renderer
+from promptbake.stages.score import score_as_stored
 
 FILLER = ("Example: Q: A shop sells 3 pens for 2 dollars. How much do 12 pens cost? "
           "A: 12 pens are 4 groups of 3 pens, and each group costs 2 dollars, so the answer is 8 dollars. ")
@@ -117,7 +122,7 @@ class Workload:
     trajs: list = field(default_factory=list)
     held: list = field(default_factory=list)
     generate_s: float = 0.0
-    baker: Baker | None = None  # sampled the trajectories; scores and trains the default
+    baker: Bench | None = None  # scores and trains the default
 
     def fresh_student(self) -> PeftStudent:
         """A new LoRA student; ``config.seed`` fixes its initialisation, the same for every variant."""
@@ -125,11 +130,44 @@ class Workload:
         student.setup(self.config, self.steps)
         return student
 
-    def baker_for(self, config: BakeConfig, student: PeftStudent | None = None, **baker_options: str) -> Baker:
-        """A Baker with its own run directory, sharing the teacher; ``student`` defaults to a fresh one."""
+    def baker_for(self, config: BakeConfig, student: PeftStudent | None = None, **baker_options: str) -> Bench:
+        """A Baker's backends with a run directory of their own, sharing the teacher; ``student``
+        defaults to a fresh one."""
         baker = Baker(config=config, teacher=self.teacher, student=student or self.fresh_student(), **baker_options)
-        baker.run_dir = RunDir(tempfile.mkdtemp())
-        return baker
+        return Bench(baker, RunDir(tempfile.mkdtemp()))
+
+
+@dataclass
+class Bench:
+    """A Baker's assembled backends and a run directory, run stage by stage as a bake does."""
+
+    baker: Baker
+    run: RunDir
+
+    @property
+    def config(self) -> BakeConfig:
+        return self.baker.config
+
+    @property
+    def student(self) -> Any:
+        return self.baker.student
+
+    def target_kind(self) -> str:
+        return score.target_kind(self.baker.teacher, self.baker.student, self.baker.loss)
+
+    def epoch_batches(self, trajs: list) -> list:
+        return train.epoch_batches(trajs, self.config)
+
+    def cached_score(self, trajs: list) -> list:
+        return score.score(self.baker.teacher, trajs, self.target_kind(), self.config, self.run)
+
+    def train(self, trajs: list, targets: list) -> dict:
+        b = self.baker
+        key = score.bake_key(self.config, b.teacher, self.target_kind(), trajs)
+        return train.train(b.student, b.loss, trajs, targets, self.config, self.run, key)
+
+    def target_bytes(self) -> int:
+        return TargetStore(self.run.file(files.TARGETS)).bytes()
 
 
 def workload(queries: int = 32, samples: int = 2, tokens: int = 64, epochs: int = 4, prompt_tokens: int = 600,
@@ -147,8 +185,9 @@ def workload(queries: int = 32, samples: int = 2, tokens: int = 64, epochs: int 
     work = Workload(config, teacher, handle.tokenizer, steps)
     work.baker = work.baker_for(config)
     t0 = time.perf_counter()
-    work.trajs = work.baker.generate(renderer, load_queries(None, "train", queries), samples)
-    work.held = work.baker.generate(renderer, load_queries(None, "heldout", heldout), 1, split="heldout")
+    work.trajs = sample_split(teacher, renderer, load_queries(None, "train", queries), samples, config, {})[0]
+    work.held = sample_split(teacher, renderer, load_queries(None, "heldout", heldout), 1, config, {},
+                             split="heldout")[0]
     work.generate_s = time.perf_counter() - t0
     return work
 
@@ -238,9 +277,9 @@ def rss_mode(mode: str, tokens: int, prompt_tokens: int, batch: int = 1) -> None
     The peak (VmHWM) is reset once the model is loaded; the increment over that
     point is reported too.
     """
-    from promptbake.interfaces import BatchTargets
-    from promptbake.losses import FullKLLoss
-    from promptbake.scoring import split_head
+    from promptbake.builtin.losses import FullKLLoss
+    from promptbake.builtin.scoring import split_head
+    from promptbake.core.interfaces import BatchTargets
 
     if mode in ("seed000", "promptbake"):
         handle = models.load("smollm2-135m", "float32", "cpu")
@@ -369,7 +408,7 @@ def main() -> None:
     baker.train(trajs, targets)
     default_train_s = time.perf_counter() - t0
     results["default"] = {"loss": baker.config.loss, "targets": baker.target_kind(),
-                          "cache_bytes_per_token": TargetStore(baker.run_dir.file("targets")).bytes()
+                          "cache_bytes_per_token": baker.target_bytes()
                           / results["response_tokens"],
                           "score_s": score_s, "train_s": default_train_s,
                           "total_s": score_s + default_train_s,
@@ -387,7 +426,7 @@ def main() -> None:
         variant.train(trajs, variant_targets)
         row.update(train_s=time.perf_counter() - t0, **_kl(heldout_metrics(teacher, variant.student, held, 20, 8, False)))
         row["total_s"] = row["score_s"] + row["train_s"]
-        row["cache_bytes_per_token"] = TargetStore(variant.run_dir.file("targets")).bytes() / results["response_tokens"]
+        row["cache_bytes_per_token"] = variant.target_bytes() / results["response_tokens"]
         results[name] = row
         variant.student.close()
         print(name, json.dumps(row), flush=True)

@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 from bake_speed import system_prompt
 
-from promptbake import BakeConfig, prefix_cache
-from promptbake.interfaces import SamplingConfig
-from promptbake.queries import load_queries
-from promptbake.render import Renderer
-from promptbake.teachers.hf import HFTeacher
-from promptbake.types import Prefix
+from promptbake import BakeConfig
+from promptbake.builtin import prefix_cache
+from promptbake.builtin.hf import HFTeacher
+from promptbake.core.interfaces import SamplingConfig
+from promptbake.core.types import Prefix
+from promptbake.stages.queries import load_queries
+from promptbake.stages.render import Renderer
 
 
 @contextlib.contextmanager

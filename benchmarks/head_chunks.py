@@ -25,9 +25,9 @@ import torch
 from bake_speed import workload
 from torch.utils.checkpoint import checkpoint
 
-from promptbake.cache import score_as_stored
-from promptbake.interfaces import Loss
-from promptbake.losses import CELoss, FullKLLoss, TopKKLLoss
+from promptbake.builtin.losses import CELoss, FullKLLoss, TopKKLLoss
+from promptbake.core.interfaces import Loss
+from promptbake.stages.score import score_as_stored
 
 
 class Checkpointed:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bake_speed import naive_train, workload
 
-from promptbake.evaluate import heldout_metrics
+from promptbake.stages.evaluate.heldout import heldout_metrics
 
 
 def main() -> None:

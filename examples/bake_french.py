@@ -8,7 +8,7 @@ About 10 minutes on a 2-core CPU; see docs/results.md.
 from pathlib import Path
 
 from promptbake import Baker
-from promptbake.inference import compare
+from promptbake.compare import compare
 
 prompt = (Path(__file__).parent / "prompts" / "french.txt").read_text().strip()
 result = Baker(prompt, teacher="hf", student="peft", loss="topk_kl", out="runs/french-example",

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from .errors import ConfigError, PromptbakeError
+from .core.errors import ConfigError, PromptbakeError
+from .run import files
 
 
 def read_prompt(value: str) -> str:
@@ -93,7 +94,7 @@ def bake(prompt: str | None, config_file: str | None, sets: tuple[str, ...], no_
     ``--resume RUN_DIR``: finished samples, targets and training steps are kept.
     """
     from .baker import Baker
-    from .config import BakeConfig
+    from .core.config import BakeConfig
 
     settings = {k: v for k, v in options.items() if v is not None}
     settings.update(_parse_set(sets))
@@ -163,7 +164,7 @@ def _echo_eval(e: dict[str, Any]) -> None:
 def eval_(run_dir: str, prompt: str | None, probes: tuple[str, ...], strengths: str | None, reprompt: bool,
           probe_samples: int | None, max_heldout: int | None, no_report: bool, quiet: bool) -> None:
     """Evaluate the bake in RUN_DIR on held-out queries; rewrite eval.json, answers.jsonl and report.html."""
-    from .fidelity import evaluate_run
+    from .reevaluate import evaluate_run
 
     settings: dict[str, Any] = {"progress": not quiet}
     if probes:
@@ -179,7 +180,7 @@ def eval_(run_dir: str, prompt: str | None, probes: tuple[str, ...], strengths: 
         settings["max_heldout"] = max_heldout
     if probe_samples is not None:
         settings["probe_samples"] = probe_samples
-    if not Path(run_dir, "config.json").is_file():
+    if not Path(run_dir, files.CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json).")
     metrics = evaluate_run(run_dir, read_prompt(prompt) if prompt is not None else None,
                            report=not no_report, **settings)
@@ -198,7 +199,7 @@ def eval_(run_dir: str, prompt: str | None, probes: tuple[str, ...], strengths: 
 def generate(adapter: str, prompt: str | None, max_new_tokens: int, strength: float, as_json: bool,
              question: str) -> None:
     """Answer QUESTION with the base, prompted and baked models."""
-    from .inference import compare
+    from .compare import compare
 
     answers = compare(adapter, question, read_prompt(prompt) if prompt else None, max_new_tokens=max_new_tokens,
                       strength=strength)
@@ -215,7 +216,7 @@ def generate(adapter: str, prompt: str | None, max_new_tokens: int, strength: fl
 @cli.command()
 def plugins() -> None:
     """List plugins (built-in included) and what each registers, as JSON."""
-    from .plugins import describe
+    from .core.plugins import describe
 
     click.echo(json.dumps(describe(), indent=2))
 
@@ -224,7 +225,7 @@ def plugins() -> None:
 @click.argument("run_dir", type=click.Path())
 def report(run_dir: str) -> None:
     """Write RUN_DIR/report.html: summary, plots and answers of a bake, in one self-contained file."""
-    from .report import write_report
+    from .stages.report import write_report
 
     click.echo(str(write_report(run_dir)))
 
@@ -255,7 +256,7 @@ def _echo_step(label: str, result: Any) -> None:
     if "kl_prompted_base" in e:
         line += (f"; held-out KL(prompted||base) {e['kl_prompted_base']:.4f} -> KL(prompted||baked) "
                  f"{e['kl_prompted_baked']:.4f}, {100 * e['gap_closed']:.1f}% of the gap closed")
-    merged = result.run_dir / "merged"
+    merged = result.run_dir / files.MERGED
     if merged.is_dir():
         line += f"; merged model {merged}"
     click.echo(line)
@@ -334,7 +335,7 @@ def mix(prompts: tuple[str, ...], weights: tuple[float, ...], out: str, model: s
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
 def merge(adapter: str, out: str, model: str | None, dtype: str, overwrite: bool) -> None:
     """Merge a LoRA adapter into its base model and save a plain transformers model folder."""
-    from .merge import merge_adapter
+    from .builtin.merge import merge_adapter
 
     click.echo(f"Merged model: {merge_adapter(adapter, out, model=model, dtype=dtype, overwrite=overwrite)}")
 

@@ -4,37 +4,36 @@
   baked model with the same prompt and bake that, for several rounds.
 * :func:`sequential`: sequential baking. Bake several prompts one after another,
   each into the model the previous bakes produced.
-* :func:`mix`: one bake of a weighted mixture of prompts (:class:`MixtureBaker`).
+* :func:`mix`: one bake of a weighted mixture of prompts (:class:`PromptMixture`).
 
 Half-baking (a partial bake) needs no function here: ``promptbake generate
 --strength S`` scales a LoRA adapter at load time (see docs/techniques.md).
 
 Each round of a chain is an ordinary run directory; the model the next round
 starts from is the previous round's adapter merged into its base
-(``ROUND/merged``, see merge.py), because the teacher of the next round must be
+(``ROUND/merged``, see builtin/merge.py), because the teacher of the next round must be
 the baked model itself, re-prompted, and a teacher that merely disables the
 student's adapter would be the original model again.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import decoding, models
-from .baker import Baker, BakeResult, prompt_sha256
-from .config import BakeConfig
-from .distributed import Ranks
-from .errors import ConfigError
-from .merge import merge_adapter
-from .render import Renderer
-from .rundir import RunDir, verified_dir, write_json
-from .types import Query, Targets, Trajectory
+from .baker import Baker, BakeResult
+from .builtin import models
+from .builtin.merge import merge_adapter
+from .core import registry
+from .core.atomic import verified_dir, write_json
+from .core.config import BakeConfig
+from .core.errors import ConfigError
+from .core.types import PromptMixture, Query, prompt_sha256
+from .run import files
+from .run.distributed import Ranks
+from .run.rundir import RunDir
 
 EVAL_KEYS = ("kl_prompted_base", "kl_prompted_baked", "gap_closed", "top1_agreement_base", "top1_agreement_baked")
 
@@ -89,9 +88,10 @@ def _chain(prompts: list[str], out: Path, label: str, summary_name: str, techniq
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError("The system prompt is empty; pass --prompt with text or a non-empty file.")
-    if settings.get("student") == "prefix":
-        raise ConfigError(f"{technique} merges each adapter into its model, and a soft-prefix adapter cannot be "
-                          f"merged; use the peft student.")
+    student = settings.get("student", BakeConfig.student)
+    if not registry.create("student", student, **settings.get("student_options", {})).capabilities.merges:
+        raise ConfigError(f"{technique} merges each adapter into its model, and student '{student}''s adapter cannot "
+                          f"be merged into the model's weights; use the peft student.")
     if Ranks.from_env().world > 1:
         raise ConfigError(f"{technique} runs in one process; run it without accelerate launch or torchrun.")
     resume = bool(settings.pop("resume", False))
@@ -105,10 +105,7 @@ def _chain(prompts: list[str], out: Path, label: str, summary_name: str, techniq
             shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
-    def key(spec: str) -> tuple[str, str, str]:
-        return spec, config.dtype, models.resolve_device(config.device)
-
-    start_cached = key(config.model) in models._cache  # someone else's: never released here
+    start_cached = models.is_loaded(config.model, config.dtype, config.device)  # someone else's: never released here
     summary: dict[str, Any] = {"technique": technique, "model": config.model, label + "s": []}
     if config.include_prompt and technique == "prompt pursuit":
         summary["prompt"] = prompts[0]
@@ -118,15 +115,11 @@ def _chain(prompts: list[str], out: Path, label: str, summary_name: str, techniq
         run_dir = out / f"{label}-{i}"
         result = _bake(prompt, run_dir, resume, {**settings, "model": model})
         results.append(result)
-        if i > 1 or not start_cached:  # weights this chain loaded: free them before the merge loads its copy
-            handle = models._cache.get(key(model))
-            if handle is not None:
-                models.release(handle)
-                del handle
-                _free_memory()
+        if (i > 1 or not start_cached) and models.release_spec(model, config.dtype, config.device):
+            _free_memory()  # weights this chain loaded: freed before the merge loads its copy
         merged: Path | None = None
         if i < len(prompts) or merge_last:
-            merged = (run_dir / "merged").resolve()
+            merged = (run_dir / files.MERGED).resolve()
             if not (resume and verified_dir(merged) == merged):
                 merge_adapter(result.adapter_path, merged, model=model, dtype=config.dtype, device=config.device,
                               overwrite=True)
@@ -146,7 +139,7 @@ def _chain(prompts: list[str], out: Path, label: str, summary_name: str, techniq
 
 def _bake(prompt: str, run_dir: Path, resume: bool, settings: dict[str, Any]) -> BakeResult:
     """One bake of a chain (a function, so the Baker and the weights it holds are dropped on return)."""
-    if resume and (run_dir / "config.json").is_file():
+    if resume and (run_dir / files.CONFIG).is_file():
         baker = Baker.resume(run_dir, prompt, **settings)
     else:  # overwrite: a resumed chain may find a round that stopped before writing its config
         baker = Baker(prompt, out=str(run_dir), overwrite=True, **settings)
@@ -167,181 +160,47 @@ def _free_memory() -> None:
 
 
 def mixture_prompt(prompts: Sequence[str], weights: Sequence[float]) -> str:
-    """The canonical text that stands for a mixture in a bake's config (its sha256 names the mixture).
-
-    Validates: at least two non-empty prompts, one positive weight per prompt.
-    """
-    if isinstance(prompts, str) or len(prompts) < 2:
-        raise ConfigError("A mixture needs at least two prompts; bake a single prompt with promptbake bake.")
-    if isinstance(weights, str) or len(weights) != len(prompts):
-        raise ConfigError(f"A mixture needs one weight per prompt: got {len(prompts)} prompts and "
-                          f"{len(weights)} weights.")
-    clean: list[float] = []
-    for w in weights:
-        try:
-            value = float(w)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Mixture weights must be numbers, got {w!r}.") from None
-        if isinstance(w, bool) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"Mixture weights must be positive numbers, got {w!r}.")
-        clean.append(value)
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ConfigError("Every prompt of a mixture must be non-empty text.")
-    return json.dumps({"mixture": [{"prompt": p, "weight": w} for p, w in zip(prompts, clean)]},
-                      ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """The canonical text that names a mixture (``PromptMixture(prompts, weights).text``)."""
+    return PromptMixture(tuple(prompts), tuple(weights)).text
 
 
 def parse_mixture(text: str) -> tuple[list[str], list[float]]:
     """The prompts and weights of a :func:`mixture_prompt` text."""
-    try:
-        items = json.loads(text)["mixture"]
-        prompts = [item["prompt"] for item in items]
-        weights = [item["weight"] for item in items]
-    except (ValueError, TypeError, KeyError):
-        raise ConfigError("The prompt of a mixture bake must be the text promptbake.techniques.mixture_prompt "
-                          "writes; use promptbake.techniques.mix.") from None
-    mixture_prompt(prompts, weights)  # validates
-    return prompts, [float(w) for w in weights]
+    mixture = PromptMixture.parse(text)
+    return list(mixture.prompts), list(mixture.weights)
 
 
 def assign_prompts(queries: Sequence[Query], weights: Sequence[float], seed: int) -> list[int]:
-    """The prompt index of each query: i with probability weights[i] / sum(weights).
-
-    Deterministic: ``random.Random(seed)`` draws once per query, in list order.
-    """
-    rng = random.Random(seed)
-    indices = range(len(weights))
-    return [rng.choices(indices, weights=weights)[0] for _ in queries]
-
-
-def _query_key(query: Query) -> str:
-    return json.dumps([query.id, list(query.messages)], sort_keys=True)
-
-
-class _MixtureRenderer(Renderer):
-    """A Renderer whose prompted side renders each query with the mixture prompt it was assigned,
-    so the answers and on-policy evaluation of held-out queries use the prompt each query was
-    baked with, never the mixture's canonical text."""
-
-    def __init__(self, tokenizer: Any, prompts: Sequence[str], max_length: int, canonical: str,
-                 eos_ids: Sequence[int] = (), chat_template_kwargs: dict[str, Any] | None = None):
-        super().__init__(tokenizer, canonical, max_length, eos_ids, chat_template_kwargs)
-        self.renderers = [Renderer(tokenizer, p, max_length, eos_ids, chat_template_kwargs) for p in prompts]
-        self.assigned: dict[str, int] = {}
-
-    def messages(self, query: Query, prompted: bool) -> list[dict[str, str]]:
-        if not prompted:
-            return super().messages(query, False)
-        try:
-            i = self.assigned[_query_key(query)]
-        except KeyError:
-            raise ConfigError(f"Query '{query.id}' was not assigned a prompt of the mixture.") from None
-        return self.renderers[i].messages(query, True)
+    """The prompt index of each query: i with probability weights[i] / sum(weights), drawn once per
+    query in list order from ``random.Random(seed)`` (``PromptMixture.assign``)."""
+    return PromptMixture(tuple(str(i) for i in range(len(weights))), tuple(weights)).assign(queries, seed)
 
 
 class MixtureBaker(Baker):
-    """A Baker whose teacher answers and scores each query under one prompt of a weighted mixture.
+    """A Baker of the mixture whose :func:`mixture_prompt` text is ``prompt``; 0.1's way to bake a
+    mixture, kept for one release: ``Baker(PromptMixture(prompts, weights))`` is the same bake."""
 
-    Its config's ``prompt`` is a :func:`mixture_prompt` text. Each query is
-    assigned a prompt (:func:`assign_prompts`, seeded with the bake's seed); the
-    trajectories carry that prompt's rendering, so scoring and the held-out KL
-    need nothing else. Its renderer renders each query with its assigned prompt
-    too (see :class:`_MixtureRenderer`), for the answers and on-policy evaluation
-    that render held-out queries again.
-    """
-
-    def __init__(self, prompt: str | None = None, **kwargs: Any):
+    def __init__(self, prompt: str | PromptMixture | None = None, **kwargs: Any):
+        if isinstance(prompt, str):
+            prompt = PromptMixture.parse(prompt)
         super().__init__(prompt, **kwargs)
-        self.prompts, self.weights = parse_mixture(self.config.prompt)
-        self.counts: dict[str, list[int]] = {}
-
-    def check(self) -> None:
-        super().check()
-        from .students.prefix import PrefixStudent
-
-        if isinstance(self.student, PrefixStudent) and self.student.init == "prompt":
-            raise ConfigError("A soft prefix that starts from the prompt's KV cache needs a single prompt; use "
-                              "student option init='random' with a mixture.")
-
-    def generate_with_targets(self, renderer: Renderer, queries: list[Query], n: int,
-                              split: str = "train") -> tuple[list[Trajectory], list[Targets] | None]:
-        """Sample each query under its assigned prompt (split ``{split}-p{i}`` for prompt i), in query order."""
-        mixture = self._mixture_renderer(renderer)
-        assigned = assign_prompts(queries, self.weights, self.config.seed)
-        mixture.assigned.update((_query_key(q), a) for q, a in zip(queries, assigned))
-        self.counts[split] = [assigned.count(i) for i in range(len(self.prompts))]
-        if self.run_dir is not None:
-            self.run_dir.log({"stage": "mixture", "split": split, "queries_per_prompt": self.counts[split]})
-        slots: list[tuple[list[Trajectory], list[Targets] | None]] = [([], None) for _ in queries]
-        all_targets = True
-        for i in range(len(self.prompts)):
-            positions = [j for j, a in enumerate(assigned) if a == i]
-            if not positions:
-                continue
-            trajs, targets = super().generate_with_targets(mixture.renderers[i], [queries[j] for j in positions], n,
-                                                           f"{split}-p{i}")
-            all_targets = all_targets and targets is not None
-            # Samples come query after query; hand each query its own run of them.
-            k = 0
-            for j in positions:
-                start = k
-                while k < len(trajs) and k - start < n and trajs[k].query_id == queries[j].id:
-                    k += 1
-                slots[j] = (trajs[start:k], targets[start:k] if targets is not None else None)
-            if k != len(trajs):
-                raise ConfigError(f"The teacher's samples for split {split} do not follow the queries' order.")
-        out_trajs = [t for ts, _ in slots for t in ts]
-        if not all_targets:
-            return out_trajs, None
-        return out_trajs, [tg for _, tgs in slots for tg in (tgs or [])]
-
-    def make_renderer(self, max_length: int) -> Renderer:
-        return _MixtureRenderer(self.student.tokenizer, self.prompts, max_length, self.config.prompt,
-                                decoding.eos_ids(self.student.generation_config), self.config.chat_template_kwargs)
-
-    def _mixture_renderer(self, renderer: Renderer) -> _MixtureRenderer:
-        if not isinstance(renderer, _MixtureRenderer):
-            raise TypeError("MixtureBaker renders with the renderer of its make_renderer()")
-        return renderer
-
-    def _metadata(self) -> dict[str, Any]:
-        meta = super()._metadata()
-        meta.pop("prompt", None)  # the canonical text is not a system prompt to show
-        meta["mixture"] = self._describe()
-        return meta
-
-    def _describe(self) -> list[dict[str, Any]]:
-        total = sum(self.weights)
-        return [{"weight": w, "probability": w / total, "prompt_sha256": prompt_sha256(p),
-                 **({"prompt": p} if self.config.include_prompt else {})}
-                for p, w in zip(self.prompts, self.weights)]
 
 
 def mix(prompts: Sequence[str], weights: Sequence[float], out: str | Path, **settings: Any) -> BakeResult:
     """A mixture bake (one bake of several prompts): each query is answered under prompt i with
     probability weights[i] / sum(weights), so the baked model behaves like the prompted model
-    under a randomly drawn prompt of the mixture.
+    under a randomly drawn prompt of the mixture (:class:`PromptMixture`).
 
-    Assignment is deterministic given the ``seed`` setting. The run directory
-    ``out`` is an ordinary one whose prompt is the canonical :func:`mixture_prompt`
-    text (sha256 only, unless ``include_prompt``); ``out/mixture.json`` records
-    the weights, each prompt's sha256, the queries each prompt got and, with
-    ``include_prompt``, the prompts' text. ``resume=True`` continues the bake in ``out``.
+    Assignment is deterministic given the ``seed`` setting. The run directory ``out`` is an
+    ordinary one whose prompt sha256 is the mixture's; ``out/mixture.json`` records the weights,
+    each prompt's sha256, the queries each prompt got and, with ``include_prompt``, the prompts'
+    text. ``resume=True`` continues the bake in ``out``.
     """
-    text = mixture_prompt(prompts, weights)
+    mixture = PromptMixture(tuple(prompts), tuple(weights))
     settings = dict(settings)
     for key in ("prompt", "out"):
         if key in settings:
             raise ConfigError(f"A mixture bake does not take the setting {key}; pass prompts, weights and out.")
     if settings.pop("resume", False):
-        baker = MixtureBaker.resume(out, text, **settings)
-    else:
-        baker = MixtureBaker(text, out=str(out), **settings)
-    result = baker.run()
-    if result.main:
-        info: dict[str, Any] = {"prompts": baker._describe()}
-        if baker.counts:
-            info["queries_per_prompt"] = baker.counts
-        write_json(result.run_dir / "mixture.json", info)
-    return result
+        return Baker.resume(out, mixture, **settings).run()
+    return Baker(mixture, out=str(out), **settings).run()

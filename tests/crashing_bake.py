@@ -24,9 +24,12 @@ import os
 import signal
 import sys
 
-from promptbake import baker, cache, checkpoint, cli, generation
-from promptbake.students.peft import PeftStudent
-from promptbake.teachers.hf import HFTeacher
+from promptbake import cli
+from promptbake.builtin.hf import HFTeacher
+from promptbake.builtin.peft import PeftStudent
+from promptbake.run import cache, checkpoint
+from promptbake.stages import generate as generation
+from promptbake.stages import train
 
 stage, nth, spy = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 args = sys.argv[sys.argv.index("--") + 1:]
@@ -63,7 +66,7 @@ elif stage == "train":
 elif stage == "checkpoint":
     checkpoint.write_manifest = killing(checkpoint.write_manifest)
 elif stage == "save":
-    baker.write_manifest = killing(baker.write_manifest)
+    train.write_manifest = killing(train.write_manifest)  # the adapter's manifest (train.save_adapter)
 elif stage != "none":
     raise SystemExit(f"unknown stage {stage}")
 cli.main(args)

@@ -46,16 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from helpers import _CORPUS  # the same small training corpus as the helpers' tokenizers
-from tokenizers import (
-    AddedToken,
-    Tokenizer,
-    decoders,
-    models,
-    pre_tokenizers,
-    processors,
-    trainers,
+from helpers import (  # the helpers' small byte-level BPE on their corpus
+    train_bpe,
+    wrap_tokenizer,
 )
+from tokenizers import Tokenizer
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = [
@@ -1194,40 +1189,11 @@ FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 # Tokenizers.
 # --------------------------------------------------------------------------- #
 
-_VOCAB_SIZE = 512
-
-
-def _added(token: str, fam: Family, special: bool) -> AddedToken:
-    return AddedToken(token, special=special, normalized=False, rstrip=token in fam.rstrip)
-
-
 @functools.cache
 def _trained_backend(name: str) -> Tokenizer:
     """Train (once per family) the byte-level BPE backend with the family's tokens."""
     fam = FAMILIES[name]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_SIZE,
-        min_frequency=2,
-        special_tokens=[_added(t, fam, special=True) for t in fam.special],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
-    if fam.add_bos_token:
-        assert fam.bos is not None
-        bos_id = tok.token_to_id(fam.bos)
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{fam.bos}:0 $A:0",
-            pair=f"{fam.bos}:0 $A:0 {fam.bos}:1 $B:1",
-            special_tokens=[(fam.bos, bos_id)],
-        )
-    if fam.non_special:
-        tok.add_tokens([_added(t, fam, special=False) for t in fam.non_special])
-    return tok
+    return train_bpe(fam.special, fam.bos, fam.add_bos_token, fam.non_special, fam.rstrip)
 
 
 def make_family_tokenizer(name: str) -> PreTrainedTokenizerFast:
@@ -1240,22 +1206,8 @@ def make_family_tokenizer(name: str) -> PreTrainedTokenizerFast:
     if name not in FAMILIES:
         raise ValueError(f"unknown family {name!r}; expected one of {FAMILY_NAMES}")
     fam = FAMILIES[name]
-    kwargs: dict[str, Any] = {
-        "eos_token": fam.eos,
-        "pad_token": fam.pad,
-        "bos_token": fam.bos,
-        "unk_token": fam.unk,
-        "model_max_length": 1_000_000,
-        "clean_up_tokenization_spaces": False,
-        "padding_side": fam.padding_side,
-    }
-    if fam.add_bos_token:
-        # Passed explicitly as well: transformers 5 saves add_bos_token in
-        # tokenizer_config.json and rebuilds the post-processor from it on load.
-        kwargs["add_bos_token"] = True
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_trained_backend(name), **kwargs)
-    tokenizer.chat_template = fam.chat_template
-    return tokenizer
+    return wrap_tokenizer(_trained_backend(name), fam.chat_template, eos=fam.eos, pad=fam.pad, bos=fam.bos,
+                          add_bos_token=fam.add_bos_token, unk_token=fam.unk, padding_side=fam.padding_side)
 
 
 # --------------------------------------------------------------------------- #

@@ -235,10 +235,14 @@ _CORPUS: tuple[str, ...] = (
 _VOCAB_SIZE = 512
 
 
-@functools.cache
-def _trained_backend(style: str) -> Tokenizer:
-    """Train (once per style) the byte-level BPE backend with the family's tokens."""
-    spec = _SPECS[style]
+def train_bpe(special: tuple[str, ...], bos: str | None = None, add_bos_token: bool = False,
+              non_special: tuple[str, ...] = (), rstrip: tuple[str, ...] = ()) -> Tokenizer:
+    """A small byte-level BPE trained on the corpus, with ``special`` tokens first (lowest ids),
+    plain added tokens ``non_special`` after, ``rstrip`` tokens eating the whitespace after them,
+    and ``bos`` prepended by ``tokenizer(text)`` when ``add_bos_token`` (as Llama 3's does)."""
+    def added(token: str, is_special: bool) -> AddedToken:
+        return AddedToken(token, special=is_special, normalized=False, rstrip=token in rstrip)
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -246,22 +250,45 @@ def _trained_backend(style: str) -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=_VOCAB_SIZE,
         min_frequency=2,
-        special_tokens=[AddedToken(t, special=True, normalized=False) for t in spec.special],
+        special_tokens=[added(t, True) for t in special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
-    if spec.add_bos_token:
+    if add_bos_token:
         # Like the real Llama 3 tokenizer.json: "<bos> $A" when add_special_tokens=True.
-        bos_id = tok.token_to_id(spec.bos)
+        assert bos is not None
+        bos_id = tok.token_to_id(bos)
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{spec.bos}:0 $A:0",
-            pair=f"{spec.bos}:0 $A:0 {spec.bos}:1 $B:1",
-            special_tokens=[(spec.bos, bos_id)],
+            single=f"{bos}:0 $A:0",
+            pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, bos_id)],
         )
-    if spec.non_special:
-        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in spec.non_special])
+    if non_special:
+        tok.add_tokens([added(t, False) for t in non_special])
     return tok
+
+
+@functools.cache
+def _trained_backend(style: str) -> Tokenizer:
+    """Train (once per style) the byte-level BPE backend with the family's tokens."""
+    spec = _SPECS[style]
+    return train_bpe(spec.special, spec.bos, spec.add_bos_token, spec.non_special)
+
+
+def wrap_tokenizer(backend: Tokenizer, template: str, *, eos: str, pad: str | None, bos: str | None,
+                   add_bos_token: bool = False, **kwargs: Any) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around a copy of ``backend``, with its special tokens and chat template."""
+    options: dict[str, Any] = {"eos_token": eos, "pad_token": pad, "bos_token": bos, "model_max_length": 1_000_000,
+                               "clean_up_tokenization_spaces": False, **kwargs}
+    if add_bos_token:
+        # Also passed explicitly: transformers 5 saves add_bos_token in
+        # tokenizer_config.json and rebuilds the post-processor from it on load.
+        options["add_bos_token"] = True
+    # tokenizer_object is deep-copied by the constructor.
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **options)
+    tokenizer.chat_template = template
+    return tokenizer
 
 
 def make_tokenizer(style: str) -> PreTrainedTokenizerFast:
@@ -273,21 +300,8 @@ def make_tokenizer(style: str) -> PreTrainedTokenizerFast:
     if style not in _SPECS:
         raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     spec = _SPECS[style]
-    kwargs: dict[str, Any] = {
-        "eos_token": spec.eos,
-        "pad_token": spec.pad,
-        "bos_token": spec.bos,
-        "model_max_length": 1_000_000,
-        "clean_up_tokenization_spaces": False,
-    }
-    if spec.add_bos_token:
-        # Also passed explicitly: transformers 5 saves add_bos_token in
-        # tokenizer_config.json and rebuilds the post-processor from it on load.
-        kwargs["add_bos_token"] = True
-    # tokenizer_object is deep-copied by the constructor.
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_trained_backend(style), **kwargs)
-    tokenizer.chat_template = CHAT_TEMPLATES[style]
-    return tokenizer
+    return wrap_tokenizer(_trained_backend(style), CHAT_TEMPLATES[style], eos=spec.eos, pad=spec.pad, bos=spec.bos,
+                          add_bos_token=spec.add_bos_token)
 
 
 def chat_ids(tokenizer: Any, messages: list[dict[str, Any]], **kw: Any) -> list[int]:
@@ -371,7 +385,7 @@ def save_tiny_model(tmp_path: str | pathlib.Path, style: str = "smollm2", seed: 
 @contextmanager
 def registered(spec: str, model: Any, tokenizer: Any) -> Iterator[Any]:
     """``model`` and ``tokenizer`` loadable as model ``spec`` inside the block (no hub, no files)."""
-    from promptbake import models
+    from promptbake.builtin import models
 
     handle = models.ModelHandle(spec=spec, model=model, tokenizer=tokenizer, device="cpu")
     models.register_handle(handle)

@@ -14,11 +14,11 @@ from promptbake import (
     CapabilityError,
     ConfigError,
     TeacherCapabilities,
+    prompt_sha256,
 )
-from promptbake.baker import prompt_sha256
-from promptbake.students.peft import PeftStudent
-from promptbake.teachers.hf import HFTeacher
-from promptbake.types import Query
+from promptbake.builtin.hf import HFTeacher
+from promptbake.builtin.peft import PeftStudent
+from promptbake.core.types import Query
 
 PROMPT = "Always answer like a pirate, matey."
 
@@ -149,7 +149,7 @@ def test_different_tokenizers_with_a_kl_loss_are_refused(tiny_model, bake_settin
 
 
 def test_teacher_shares_the_students_weights(tiny_model, bake_settings):
-    from promptbake import models
+    from promptbake.builtin import models
 
     spec = tiny_model()
     config = BakeConfig(prompt=PROMPT, model=spec, **bake_settings)
@@ -173,19 +173,19 @@ def test_teacher_shares_the_students_weights(tiny_model, bake_settings):
 
 
 def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None):
-    from promptbake.losses import TopKKLLoss
+    from promptbake.builtin.losses import TopKKLLoss
 
     baker = Baker(config=config)
     student, teacher = PeftStudent(head_chunk=head_chunk), HFTeacher()
     student.setup(config, total_steps=10)
     teacher.setup(config)
     try:
-        from promptbake.queries import load_queries
-        from promptbake.render import Renderer
+        from promptbake.stages.generate import sample_split
+        from promptbake.stages.queries import load_queries
+        from promptbake.stages.render import Renderer
 
         renderer = Renderer(student.tokenizer, PROMPT, 256)
-        baker.teacher = teacher
-        generated = baker.generate(renderer, load_queries(None, "train", 3), 2)
+        generated, _ = sample_split(teacher, renderer, load_queries(None, "train", 3), 2, baker.config, {})
         # Cut responses to unequal lengths so micro-batches differ in token counts.
         trajs = [renderer.trajectory(Query(t.query_id, ({"role": "user", "content": "x"},)),
                                      t.response_ids[: 3 + i], prefixes=(
@@ -233,7 +233,7 @@ def test_names_override_a_given_config():
     assert Baker(PROMPT).config.loss == "full_kl"
     assert Baker(PROMPT, teacher_model="other-model").config.loss == "topk_kl"
     assert Baker(PROMPT, teacher=HostedLikeTeacher()).config.loss == "topk_kl"
-    from promptbake.interfaces import StudentCapabilities
+    from promptbake.core.interfaces import StudentCapabilities
 
     class NoHidden(PeftStudent):
         capabilities = StudentCapabilities()
@@ -259,8 +259,8 @@ def test_topk_needs_scoring_or_logprobs_with_samples(caps, ok):
 
 
 def test_tally_curve_skips_excluded_positions():
-    from promptbake.evaluate import Tally
-    from promptbake.interfaces import BatchTargets
+    from promptbake.core.interfaces import BatchTargets
+    from promptbake.stages.evaluate.heldout import Tally
 
     prompted = torch.log_softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(0)), -1)
     other = torch.log_softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(1)), -1)
@@ -277,7 +277,7 @@ def test_tally_curve_skips_excluded_positions():
 
 
 def test_generate_strength_scales_the_adapter(tiny_model, bake_settings, tmp_path):
-    from promptbake.inference import compare
+    from promptbake.compare import compare
 
     spec = tiny_model()
     adapter = Baker(PROMPT, model=spec, **{**bake_settings, "lr": 3e-2, "evaluate": False}).run().adapter_path
@@ -297,9 +297,10 @@ def test_generate_strength_scales_the_adapter(tiny_model, bake_settings, tmp_pat
 
 
 def test_train_runs_the_batches_epoch_batches_plans(tmp_path):
-    from promptbake.interfaces import StudentCapabilities
-    from promptbake.rundir import RunDir
-    from promptbake.types import Trajectory
+    from promptbake.core.interfaces import StudentCapabilities
+    from promptbake.core.types import Trajectory
+    from promptbake.run.rundir import RunDir
+    from promptbake.stages import train
 
     class Recorder(PeftStudent):
         name = "recorder"
@@ -317,12 +318,12 @@ def test_train_runs_the_batches_epoch_batches_plans(tmp_path):
                         response_len=1 + i % 3) for i in range(38)]
     for seed in (0, 1):
         baker = Baker(PROMPT, student=Recorder(), loss="ce", epochs=3, batch_size=4, grad_accum=2, seed=seed)
-        baker.run_dir = RunDir.create(tmp_path / f"run{seed}")
-        plan = baker.epoch_batches(trajs)
+        plan = train.epoch_batches(trajs, baker.config)
         assert len(plan) == 3 and all(sorted(i for mb in epoch for i in mb) == list(range(38)) for epoch in plan)
-        baker.train(trajs, [None] * len(trajs))
+        train.train(baker.student, baker.loss, trajs, [None] * len(trajs), baker.config,
+                    RunDir.create(tmp_path / f"run{seed}"), "key")
         assert baker.student.seen == [mb for epoch in plan for mb in epoch]
-    assert Baker(PROMPT, epochs=3, batch_size=4, seed=0).epoch_batches(trajs) != plan  # the seed moves it
+    assert train.epoch_batches(trajs, Baker(PROMPT, epochs=3, batch_size=4, seed=0).config) != plan  # the seed moves it
 
 
 def test_loss_options_that_do_not_fit_the_loss_are_refused_in_one_sentence():
@@ -339,7 +340,7 @@ def test_the_default_loss_follows_what_will_be_stored(tiny_model, bake_settings,
     from helpers import registered
     from transformers import GraniteConfig, GraniteForCausalLM
 
-    from promptbake import models
+    from promptbake.builtin import models
 
     assert Baker(PROMPT, student="prefix", model=tiny_model()).config.loss == "topk_kl"
     spec = tiny_model()
@@ -361,7 +362,7 @@ def test_the_default_loss_follows_what_will_be_stored(tiny_model, bake_settings,
 
 
 def test_sampling_stops_at_every_end_id_of_the_models_generation_config(tiny_model, bake_settings):
-    from promptbake import models
+    from promptbake.builtin import models
 
     spec = tiny_model("llama3")
     handle = models.load(spec)
@@ -381,7 +382,7 @@ def test_vocabularies_of_different_widths_are_refused_before_any_work(tiny_model
     from helpers import registered
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from promptbake import models
+    from promptbake.builtin import models
 
     spec = tiny_model()
     tok = models.load(spec).tokenizer
@@ -395,7 +396,7 @@ def test_vocabularies_of_different_widths_are_refused_before_any_work(tiny_model
 def test_generation_config_extras_a_teacher_cannot_apply_are_refused(tiny_model, bake_settings, tmp_path):
     import dataclasses
 
-    from promptbake import models
+    from promptbake.builtin import models
 
     spec = tiny_model()
     models.load(spec).model.generation_config.repetition_penalty = 1.05

@@ -2,7 +2,7 @@
 
 from random import Random
 
-from promptbake.batching import batches, bucketed, padding_fraction
+from promptbake.core.batching import batches, bucketed, padding_fraction
 
 
 def test_bucketed_covers_every_index_once_and_cuts_padding():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from promptbake import Baker
-from promptbake.cache import TargetStore
-from promptbake.teachers.hf import HFTeacher
-from promptbake.types import Targets
+from promptbake.builtin.hf import HFTeacher
+from promptbake.core.types import Targets
+from promptbake.run.cache import TargetStore
 
 PROMPT = "Reply in rhymes."
 
@@ -60,8 +60,8 @@ def test_full_kl_from_hidden_states_trains_like_full_log_probs(tiny_model, bake_
     full log-probs (2V): the same objective, so the adapters agree up to float16 rounding."""
     from safetensors.torch import load_file
 
-    from promptbake.interfaces import StudentCapabilities
-    from promptbake.students.peft import PeftStudent
+    from promptbake.builtin.peft import PeftStudent
+    from promptbake.core.interfaces import StudentCapabilities
 
     class FullLogProbs(PeftStudent):  # a student that cannot read hidden states
         capabilities = StudentCapabilities(checkpoints=True, can_generate=True, adapters=True)
@@ -127,8 +127,8 @@ def test_damaged_shards_are_not_trusted(tmp_path, damage):
 
 
 def test_generation_chunks_round_trip_and_are_checked(tmp_path):
-    from promptbake.generation import ChunkStore
-    from promptbake.types import Trajectory
+    from promptbake.core.types import Trajectory
+    from promptbake.run.chunks import ChunkStore
 
     trajs = [Trajectory("q", i, [1, 2, 3], [2, 3], response_len=1, text="x") for i in range(5)]
     store = ChunkStore(tmp_path, "train")
@@ -158,10 +158,10 @@ def test_top_k_storage_is_within_the_bound(tmp_path):
 
 
 def test_chunk_keys_change_with_anything_that_changes_the_samples():
-    from promptbake.generation import chunk_key, chunk_seed
-    from promptbake.interfaces import SamplingConfig
-    from promptbake.teachers.hf import HFTeacher
-    from promptbake.types import Prefix
+    from promptbake.builtin.hf import HFTeacher
+    from promptbake.core.interfaces import SamplingConfig
+    from promptbake.core.types import Prefix
+    from promptbake.stages.generate import chunk_key, chunk_seed
 
     prefixes = [Prefix(ids=[1, 2, 3], messages=({"role": "user", "content": "hi"},))]
     base = chunk_key(HFTeacher(), "m", SamplingConfig(seed=1), prefixes, 1)

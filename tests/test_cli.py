@@ -99,8 +99,8 @@ def test_bad_models_leave_no_run_directory(tmp_path):
 
 def test_set_dotted_keys_fill_option_tables(tmp_path):
     from promptbake.cli import _parse_set
-    from promptbake.config import BakeConfig
-    from promptbake.errors import ConfigError
+    from promptbake.core.config import BakeConfig
+    from promptbake.core.errors import ConfigError
 
     parsed = _parse_set(("teacher_options.base_url=http://127.0.0.1:9/v1", "teacher_options.concurrency=4",
                          "epochs=2"))
@@ -148,7 +148,7 @@ def test_resume_refusals(tmp_path):
                               "empty is not a promptbake run directory")
     run = tmp_path / "run"
     run.mkdir()
-    from promptbake.baker import prompt_sha256
+    from promptbake import prompt_sha256
 
     (run / "config.json").write_text(json.dumps({"prompt_sha256": prompt_sha256("Be brief."), "epochs": 3}))
     assert_one_sentence_error(run_cli("bake", "--resume", "run", cwd=tmp_path), "pass the same --prompt")
@@ -167,7 +167,7 @@ def test_quiet_switches_off_the_gguf_loaders_bar_after_tqdm_is_imported(capsys):
     import tqdm  # noqa: F401  (imported before: TQDM_DISABLE alone would come too late)
     from transformers import modeling_gguf_pytorch_utils as gguf_loader
 
-    from promptbake.models import hide_loading_bars
+    from promptbake.builtin.models import hide_loading_bars
 
     hide_loading_bars()
     hide_loading_bars()  # idempotent: not wrapped twice

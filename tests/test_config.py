@@ -24,11 +24,9 @@ def test_example_toml_is_valid():
     ({"temperature": 0}, "temperature must be > 0"),
     ({"top_p": 1.5}, "top_p must be in"),
     ({"lr": 0}, "lr must be > 0"),
-    ({"lora_dropout": 1.0}, "lora_dropout must be in"),
     ({"min_new_tokens": 100, "max_new_tokens": 10}, "min_new_tokens must be between"),
     ({"max_queries": 0}, "max_queries must be a positive integer"),
     ({"warmup_ratio": 1}, "warmup_ratio must be in"),
-    ({"lora_alpha": -1}, "lora_alpha must be > 0"),
     ({"loss_options": '{"tail": false}'}, "loss_options must be a table"),
     ({"teacher_options": ["x"]}, "teacher_options must be a table"),
 ])
@@ -49,3 +47,22 @@ def test_toml_overrides_apply_after_the_file(tmp_path):
     path.write_text('epochs = 2\nmodel = "other"\n')
     config = BakeConfig.from_toml(path, epochs=5, model=None)
     assert config.epochs == 5 and config.model == "other"
+
+
+def test_lora_settings_are_the_students_options_with_their_old_top_level_names():
+    from promptbake import Baker
+
+    config = BakeConfig.from_dict({"prompt": "x", "lora_rank": 8, "target_modules": ["q_proj"]})
+    assert config.student_options == {"lora_rank": 8, "target_modules": ["q_proj"]}
+    assert "lora_rank" not in config.to_dict()
+    assert Baker("x", lora_rank=4).student.lora["r"] == 4  # reaches the peft student
+    assert Baker("x", student_options={"lora_rank": 4}).student.lora["r"] == 4
+    with pytest.raises(ConfigError, match="lora_rank is set twice"):
+        BakeConfig.from_dict({"prompt": "x", "lora_rank": 8, "student_options": {"lora_rank": 4}})
+    for settings, message in (({"lora_dropout": 1.0}, "lora_dropout must be in"),
+                              ({"lora_alpha": -1}, "lora_alpha must be > 0"),
+                              ({"lora_rank": 0}, "lora_rank must be a positive integer")):
+        with pytest.raises(ConfigError, match=message):
+            Baker("x", **settings)
+    with pytest.raises(ConfigError, match="The student 'prefix' does not take the option lora_rank; it takes: "):
+        Baker("x", student="prefix", lora_rank=4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from promptbake import Baker
-from promptbake.inference import compare
+from promptbake.compare import compare
 
 pytestmark = pytest.mark.slow
 FRENCH = (Path(__file__).parents[1] / "examples" / "prompts" / "french.txt").read_text().strip()

@@ -16,12 +16,14 @@ import torch
 from families import FAMILIES, FAMILY_NAMES, make_family_model, make_family_tokenizer
 from helpers import chat_ids, registered
 
-from promptbake import Baker, SamplingConfig, decoding, models, scoring
-from promptbake.prefix_cache import PrefixCache, supports_shared_prefix
-from promptbake.render import Renderer, check_alignment
-from promptbake.sampling import bare_generation_config, sample_rows
-from promptbake.scoring import response_logits, score_targets, split_head
-from promptbake.types import Query
+from promptbake import Baker, SamplingConfig
+from promptbake.builtin import models, scoring
+from promptbake.builtin.prefix_cache import PrefixCache, supports_shared_prefix
+from promptbake.builtin.sampling import bare_generation_config, sample_rows
+from promptbake.builtin.scoring import response_logits, score_targets, split_head
+from promptbake.core import decoding
+from promptbake.core.types import Query
+from promptbake.stages.render import Renderer, check_alignment
 
 PROMPT = "You are a pirate captain. Always answer like a pirate, matey, and never break character."
 QUESTIONS = ["What is rain?", "Tell me about the sea.", "Why is the sky blue? Explain it to me."]

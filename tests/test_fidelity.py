@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from promptbake import Baker, ConfigError
 from promptbake.cli import cli
-from promptbake.errors import PromptbakeError
-from promptbake.fidelity import epoch_adapters, evaluate_run
+from promptbake.core.errors import PromptbakeError
+from promptbake.reevaluate import evaluate_run
+from promptbake.stages.evaluate import epoch_adapters
 
 PROMPT = "Always answer like a pirate, matey."
 PROBES = ["max_length=6", "regex=(?i)a", "multiple_choice"]
@@ -27,7 +28,7 @@ def baked(tmp_path_factory):
     """One tiny bake shared by the tests below (they run in file order; later ones re-evaluate it)."""
     from helpers import make_tiny_llama, make_tokenizer
 
-    from promptbake import models
+    from promptbake.builtin import models
 
     tokenizer = make_tokenizer("smollm2")
     handle = models.ModelHandle(spec="tiny-fidelity", model=make_tiny_llama(tokenizer), tokenizer=tokenizer,
@@ -140,10 +141,10 @@ def test_strengths_and_probes_are_validated():
 def test_sampled_probe_scores_count_every_sample():
     from helpers import make_tokenizer
 
-    from promptbake.behaviour import Sides, sampled_probe_scores
-    from promptbake.probes import parse_probes
-    from promptbake.render import Renderer
-    from promptbake.types import Query, Sample
+    from promptbake.core.probes import parse_probes
+    from promptbake.core.types import Query, Sample
+    from promptbake.stages.evaluate.behaviour import Sides, sampled_probe_scores
+    from promptbake.stages.render import Renderer
 
     tok = make_tokenizer("smollm2")
     sides = Sides(None, None, Renderer(tok, PROMPT))  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import make_tiny_llama, make_tokenizer
 
-from promptbake import hf_internals
+from promptbake.builtin import hf_internals
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,10 @@ def test_a_deprecated_call_from_promptbake_fails_its_test(model, monkeypatch):
     """The suite's guard (tests/deprecations.py) sees a deprecation that promptbake's own call raises."""
     import deprecations
 
-    from promptbake import scoring
-    from promptbake.prefix_cache import PrefixCache
-    from promptbake.render import Renderer
-    from promptbake.types import Query
+    from promptbake.builtin import scoring
+    from promptbake.builtin.prefix_cache import PrefixCache
+    from promptbake.core.types import Query
+    from promptbake.stages.render import Renderer
 
     tok = make_tokenizer("smollm2")
     r = Renderer(tok, "You are a pirate who answers every question about the sea. " * 3)

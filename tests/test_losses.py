@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptbake.interfaces import BatchTargets
-from promptbake.losses import CELoss, FullKLLoss, TopKKLLoss
-from promptbake.scoring import log1mexp
+from promptbake.builtin.losses import CELoss, FullKLLoss, TopKKLLoss
+from promptbake.core.interfaces import BatchTargets
+from promptbake.core.targets import log1mexp
 
 N, V = 12, 50
 

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from test_resume import SETTINGS, adapter, run_harness
 
 from promptbake import Baker, CapabilityError, ConfigError
-from promptbake.generation import ChunkStore
-from promptbake.teachers.hf import HFTeacher
+from promptbake.builtin.hf import HFTeacher
+from promptbake.run.chunks import ChunkStore
+from promptbake.run.rundir import RunDir
 
 PROMPT = "Always answer like a pirate, matey."
 
@@ -28,7 +29,7 @@ def test_each_epoch_trains_on_student_samples_scored_by_the_teacher(tiny_model, 
     n = bake_settings["max_queries"] * bake_settings["samples_per_query"]
     assert [r["epoch"] for r in sampled] == list(range(bake_settings["epochs"]))
     assert all(r["sampled"] == n // 2 for r in sampled)
-    off = {t.key: t for t in baker.run_dir.read_trajectories()}
+    off = {t.key: t for t in RunDir(run).read_trajectories()}
     store = ChunkStore(run / "on-policy", "epoch")
     teacher = HFTeacher()
     teacher.setup(baker.config)

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 
 import promptbake
-from promptbake import plugins, registry
-from promptbake.errors import (
+from promptbake.core import plugins, registry
+from promptbake.core.errors import (
     DuplicateBackendError,
     MissingDependencyError,
     PromptbakeError,
@@ -28,7 +28,7 @@ def register_teachers(register):
 
 @promptbake.hookimpl
 def register_losses(register):
-    register("fake_loss", "promptbake.losses:CELoss")
+    register("fake_loss", "promptbake.builtin.losses:CELoss")
 '''
 
 
@@ -88,7 +88,7 @@ def test_unknown_name_suggests_and_lists_installed():
 class _Dup:
     @promptbake.hookimpl
     def register_losses(self, register):
-        register("topk_kl", "promptbake.losses:TopKKLLoss")
+        register("topk_kl", "promptbake.builtin.losses:TopKKLLoss")
 
 
 def test_duplicate_names_raise_naming_both_plugins():
@@ -158,7 +158,7 @@ class _LossPlugin:
 
     @promptbake.hookimpl
     def register_losses(self, register):
-        from promptbake.losses import CELoss
+        from promptbake.builtin.losses import CELoss
 
         class HalfCE(CELoss):
             name = "half_ce"
@@ -181,7 +181,7 @@ def test_every_hook_is_documented_with_its_signature():
     import inspect
     from pathlib import Path
 
-    from promptbake import hookspecs
+    from promptbake.core import hookspecs
 
     docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     for name in ("register_teachers", "register_students", "register_losses", "register_probes"):
@@ -193,7 +193,7 @@ def test_every_hook_is_documented_with_its_signature():
 def test_every_hook_is_exercised_by_a_test():
     from pathlib import Path
 
-    from promptbake import hookspecs
+    from promptbake.core import hookspecs
 
     # The probe hook's plugin test lives with the probes.
     source = Path(__file__).read_text() + (Path(__file__).parent / "test_probes.py").read_text()

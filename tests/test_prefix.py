@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from promptbake import Baker, ConfigError, models
-from promptbake.inference import compare
-from promptbake.students.prefix import PrefixStudent
+from promptbake import Baker, ConfigError
+from promptbake.builtin import models
+from promptbake.builtin.prefix import PrefixStudent
+from promptbake.compare import compare
 
 PROMPT = "Always answer like a pirate, matey."
 
@@ -90,8 +91,8 @@ def test_prefix_student_samples_after_its_prefix(tiny_model, bake_settings):
     """Greedy answers follow the student's own teacher-forced distribution, prefix included
     (PEFT's generate drops the prefix with transformers 5.24: the answers were the base model's)."""
     from promptbake import BakeConfig, SamplingConfig
-    from promptbake.render import Renderer
-    from promptbake.types import Prefix, Query
+    from promptbake.core.types import Prefix, Query
+    from promptbake.stages.render import Renderer
 
     spec = tiny_model()
     student = PrefixStudent(num_virtual_tokens=4, init="random")

@@ -10,16 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import promptbake
-from promptbake import plugins, probes
+from promptbake.builtin.probes import MultipleChoiceProbe, load_choices
 from promptbake.cli import cli
-from promptbake.errors import ConfigError, PromptbakeError, UnknownBackendError
-from promptbake.probes import (
-    MultipleChoiceProbe,
-    Probe,
-    load_choices,
-    parse_probe,
-    parse_probes,
-)
+from promptbake.core import plugins, probes
+from promptbake.core.errors import ConfigError, PromptbakeError, UnknownBackendError
+from promptbake.core.probes import Probe, parse_probe, parse_probes
 
 FRENCH = "Le chat dort tranquillement sur le canapé pendant que les enfants jouent dans le jardin ensoleillé."
 ENGLISH = "The cat sleeps quietly on the sofa while the children are playing in the sunny garden outside."

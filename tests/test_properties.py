@@ -8,12 +8,12 @@ from helpers import make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptbake.errors import AlignmentError
-from promptbake.interfaces import BatchTargets
-from promptbake.losses import FullKLLoss, TopKKLLoss
-from promptbake.render import Renderer, check_alignment
-from promptbake.scoring import log1mexp
-from promptbake.types import Query
+from promptbake.builtin.losses import FullKLLoss, TopKKLLoss
+from promptbake.core.errors import AlignmentError
+from promptbake.core.interfaces import BatchTargets
+from promptbake.core.targets import log1mexp
+from promptbake.core.types import Query
+from promptbake.stages.render import Renderer, check_alignment
 
 TOKENIZERS = {style: make_tokenizer(style) for style in ("chatml", "smollm2", "llama3", "qwen3")}
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40)

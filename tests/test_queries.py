@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from promptbake.errors import ConfigError
-from promptbake.queries import builtin_queries, load_queries
+from promptbake.core.errors import ConfigError
+from promptbake.stages.queries import builtin_queries, load_queries
 
 
 def test_builtin_set_is_large_diverse_and_split():
@@ -105,7 +105,7 @@ def test_a_split_column_is_honoured_and_overlaps_are_refused(tmp_path, tiny_mode
 
 
 def test_the_builtin_splits_are_disjoint():
-    from promptbake.queries import bake_queries, check_disjoint
+    from promptbake.stages.queries import bake_queries, check_disjoint
 
     train, held = bake_queries(None, None)
     check_disjoint(train, held)

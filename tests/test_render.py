@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import chat_ids, make_tokenizer
 
-from promptbake.errors import AlignmentError, ConfigError
-from promptbake.render import Renderer, check_alignment, end_of_turn_id
-from promptbake.types import Query
+from promptbake.core.errors import AlignmentError, ConfigError
+from promptbake.core.types import Query
+from promptbake.stages.render import Renderer, check_alignment, end_of_turn_id
 
 STYLES = ["chatml", "smollm2", "llama3", "qwen3"]
 EOT = {"chatml": "<|im_end|>", "smollm2": "<|im_end|>", "llama3": "<|eot_id|>", "qwen3": "<|im_end|>"}

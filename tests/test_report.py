@@ -16,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from promptbake.cli import cli, main
-from promptbake.errors import ConfigError
-from promptbake.report import PLOTS, write_report
+from promptbake.core.errors import ConfigError
+from promptbake.stages.report import write_report
+from promptbake.stages.report.plots import PLOTS
 
 ALL_PLOTS = [name for name, *_ in PLOTS]
 CHROMIUM = "/usr/bin/chromium"
@@ -145,16 +146,16 @@ def test_partial_and_odd_data(tmp_path):
 
 
 def test_without_matplotlib(tmp_path, monkeypatch):
-    from promptbake import report
+    from promptbake.stages.report import plots
 
-    monkeypatch.setattr(report.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(plots.importlib.util, "find_spec", lambda name: None)
     page = write_report(make_run(tmp_path)).read_text(encoding="utf-8")
     assert data_uris(page) == [] and page.count("matplotlib is not installed") == len(ALL_PLOTS)
     assert "88.4%" in page  # the tables do not need it
 
 
 def test_crash_keeps_the_previous_report(tmp_path, monkeypatch):
-    from promptbake import report
+    from promptbake.stages import report
 
     run = make_run(tmp_path)
     before = write_report(run).read_bytes()
@@ -254,7 +255,7 @@ def test_report_renders_in_chromium(tmp_path):
 
 
 def test_probe_bars_put_greedy_and_sampled_scores_of_a_probe_side_by_side():
-    from promptbake.report import _probe_bars
+    from promptbake.stages.report.plots import _probe_bars
 
     greedy = {"language=fr": {"prompted": 0.7, "baked": 0.8}, "max_length=20": {"prompted": 0.25, "baked": 0.38}}
     assert _probe_bars({"probes": greedy}) == greedy

@@ -8,13 +8,13 @@ import pytest
 import torch
 from helpers import make_tiny_llama, make_tiny_qwen3, make_tokenizer
 
-import promptbake.sampling as sampling_mod
-from promptbake import decoding
-from promptbake.interfaces import SamplingConfig
-from promptbake.prefix_cache import PrefixCache
-from promptbake.render import Renderer
-from promptbake.sampling import sample_rows
-from promptbake.types import Query
+import promptbake.builtin.sampling as sampling_mod
+from promptbake.builtin.prefix_cache import PrefixCache
+from promptbake.builtin.sampling import sample_rows
+from promptbake.core import decoding
+from promptbake.core.interfaces import SamplingConfig
+from promptbake.core.types import Query
+from promptbake.stages.render import Renderer
 
 PROMPT = "You are a pirate who answers every question about the sea. " * 4
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from helpers import make_tiny_llama, make_tiny_qwen3, make_tokenizer
 
-from promptbake.prefix_cache import PrefixCache, common_prefix
-from promptbake.render import Renderer
-from promptbake.scoring import logits_to_targets, response_logits
-from promptbake.types import Prefix, Query, Targets
+from promptbake.builtin.prefix_cache import PrefixCache, common_prefix
+from promptbake.builtin.scoring import logits_to_targets, response_logits
+from promptbake.core.types import Prefix, Query, Targets
+from promptbake.stages.render import Renderer
 
 LONG_PROMPT = "You are a pirate. " * 20
 
@@ -21,11 +21,9 @@ def _trajectories(tok, n=5):
             for i in range(n)]
 
 
-def test_response_rows_match_a_plain_full_forward():
-    tok = make_tokenizer("smollm2")
-    model = make_tiny_llama(tok)
-    trajs = _trajectories(tok)
-    logits, lengths = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
+def _assert_rows_of_full_forwards(model, trajs, logits, lengths):
+    """``logits`` are, trajectory after trajectory, the rows of a plain forward over each whole
+    prompted rendering that predict its response tokens."""
     start = 0
     for t, r in zip(trajs, lengths):
         full = model(input_ids=torch.tensor([t.prompted_ids])).logits[0]
@@ -33,6 +31,13 @@ def test_response_rows_match_a_plain_full_forward():
         # The row before the first response token predicts it; the last row predicts end-of-turn.
         torch.testing.assert_close(logits[start: start + r], full[p - 1: p - 1 + r], rtol=1e-4, atol=1e-5)
         start += r
+
+
+def test_response_rows_match_a_plain_full_forward():
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    trajs = _trajectories(tok)
+    _assert_rows_of_full_forwards(model, trajs, *response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu"))
 
 
 def test_prefix_reuse_gives_the_same_logits_and_computes_the_prefix_once():
@@ -83,7 +88,7 @@ def test_targets_hold_topk_tail_and_full():
 
 
 def test_targets_from_hidden_states_a_few_rows_at_a_time_match_whole_logits(monkeypatch):
-    from promptbake import scoring
+    from promptbake.builtin import scoring
 
     tok = make_tokenizer("chatml")
     model = make_tiny_llama(tok)
@@ -99,9 +104,9 @@ def test_targets_from_hidden_states_a_few_rows_at_a_time_match_whole_logits(monk
 
 
 def test_loss_from_hidden_states_in_chunks_matches_full_logits():
-    from promptbake.interfaces import BatchTargets
-    from promptbake.losses import FullKLLoss, TopKKLLoss
-    from promptbake.scoring import split_head
+    from promptbake.builtin.losses import FullKLLoss, TopKKLLoss
+    from promptbake.builtin.scoring import split_head
+    from promptbake.core.interfaces import BatchTargets
 
     tok = make_tokenizer("smollm2")
     model = make_tiny_llama(tok)
@@ -130,9 +135,9 @@ def test_loss_from_hidden_states_in_chunks_matches_full_logits():
 
 def test_hidden_state_targets_give_the_teachers_full_log_probs():
     """Targets.hidden (float16, as cached) through the output layer: the full log-probs."""
-    from promptbake.interfaces import BatchTargets
-    from promptbake.losses import FullKLLoss
-    from promptbake.scoring import score_targets, split_head
+    from promptbake.builtin.losses import FullKLLoss
+    from promptbake.builtin.scoring import score_targets, split_head
+    from promptbake.core.interfaces import BatchTargets
 
     tok = make_tokenizer("smollm2")
     teacher = make_tiny_llama(tok, seed=1)
@@ -159,9 +164,9 @@ def test_hidden_state_targets_give_the_teachers_full_log_probs():
 def test_loss_from_hidden_states_runs_the_output_layer_once_per_chunk():
     """Gradients are taken chunk by chunk in the forward pass: backward does not run the
     output layer again (as activation checkpointing would), and a frozen head works too."""
-    from promptbake.interfaces import BatchTargets
-    from promptbake.losses import TopKKLLoss
-    from promptbake.scoring import split_head
+    from promptbake.builtin.losses import TopKKLLoss
+    from promptbake.builtin.scoring import split_head
+    from promptbake.core.interfaces import BatchTargets
 
     tok = make_tokenizer("smollm2")
     model = make_tiny_llama(tok)
@@ -189,9 +194,10 @@ def test_loss_from_hidden_states_runs_the_output_layer_once_per_chunk():
 
 
 def test_generation_with_prefix_reuse_matches_plain_generation():
-    from promptbake import BakeConfig, models
-    from promptbake.interfaces import SamplingConfig
-    from promptbake.teachers.hf import HFTeacher
+    from promptbake import BakeConfig
+    from promptbake.builtin import models
+    from promptbake.builtin.hf import HFTeacher
+    from promptbake.core.interfaces import SamplingConfig
 
     tok = make_tokenizer("smollm2")
     model = make_tiny_llama(tok)
@@ -243,19 +249,13 @@ def _tiny_granite(tok, logits_scaling=8.0):
 def test_a_model_whose_logits_are_not_its_output_layer_is_scored_whole():
     """Granite divides its logits by logits_scaling after the output layer: the split path
     would give lm_head(hidden), off by up to tens of nats in log-probability."""
-    from promptbake.scoring import score_targets, split_head
+    from promptbake.builtin.scoring import score_targets, split_head
 
     tok = make_tokenizer("smollm2")
     model = _tiny_granite(tok)
     trajs = _trajectories(tok, 3)
     assert split_head(model) is None  # found on a probe input, not from a list of config keys
-    got, lengths = response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu")
-    start = 0
-    for t, r in zip(trajs, lengths):
-        full = model(input_ids=torch.tensor([t.prompted_ids])).logits[0]
-        p = t.prompted_prefix_len
-        torch.testing.assert_close(got[start: start + r], full[p - 1: p - 1 + r], rtol=1e-4, atol=1e-5)
-        start += r
+    _assert_rows_of_full_forwards(model, trajs, *response_logits(model, trajs, "prompted", tok.pad_token_id, "cpu"))
     # Targets too: the model's log-probs, not the output layer's.
     targets = score_targets(model, trajs, "prompted", tok.pad_token_id, "cpu", top_k=None, full=True)
     full = torch.log_softmax(model(input_ids=torch.tensor([trajs[0].prompted_ids])).logits[0].float(), -1)
@@ -271,8 +271,8 @@ def test_output_rows_past_the_tokenizer_are_not_compared(monkeypatch):
     scores cover the tokenizer's vocabulary, on the split and the whole path alike."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from promptbake import scoring
-    from promptbake.scoring import score_targets, split_head
+    from promptbake.builtin import scoring
+    from promptbake.builtin.scoring import score_targets, split_head
 
     tok = make_tokenizer("smollm2")
     config = LlamaConfig(vocab_size=len(tok) + 64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -296,7 +296,7 @@ def test_output_rows_past_the_tokenizer_are_not_compared(monkeypatch):
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("fused", [True, False])
 def test_shared_prefix_attention_matches_a_full_forward_without_copying_the_cache(arch, fused, monkeypatch):
-    import promptbake.prefix_cache as prefix_mod
+    import promptbake.builtin.prefix_cache as prefix_mod
 
     tok = make_tokenizer("smollm2")
     model = make_tiny_llama(tok) if arch == "llama" else make_tiny_qwen3(tok)
@@ -316,7 +316,7 @@ def test_shared_prefix_attention_matches_a_full_forward_without_copying_the_cach
 
 
 def test_models_outside_the_list_keep_the_expanded_cache(monkeypatch):
-    import promptbake.prefix_cache as prefix_mod
+    import promptbake.builtin.prefix_cache as prefix_mod
 
     tok = make_tokenizer("smollm2")
     model = make_tiny_llama(tok)
@@ -335,7 +335,7 @@ def test_models_outside_the_list_keep_the_expanded_cache(monkeypatch):
 
 
 def test_attention_implementation_is_restored_when_the_forward_fails():
-    from promptbake.prefix_cache import shared_prefix_attention
+    from promptbake.builtin.prefix_cache import shared_prefix_attention
 
     tok = make_tokenizer("smollm2")
     model = make_tiny_llama(tok)

@@ -9,14 +9,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from promptbake import BakeConfig, Baker, ConfigError, models
-from promptbake.baker import prompt_sha256
-from promptbake.cache import TargetStore
-from promptbake.merge import merge_adapter
-from promptbake.queries import load_queries
-from promptbake.render import Renderer
-from promptbake.rundir import RunDir
-from promptbake.teachers.hf import HFTeacher
+from promptbake import BakeConfig, Baker, ConfigError, prompt_sha256
+from promptbake.builtin import models
+from promptbake.builtin.hf import HFTeacher
+from promptbake.builtin.merge import merge_adapter
+from promptbake.core.types import Query
+from promptbake.run.cache import TargetStore
+from promptbake.run.rundir import RunDir
+from promptbake.stages.generate import sample_split
+from promptbake.stages.queries import load_queries
+from promptbake.stages.render import Renderer
 from promptbake.techniques import (
     MixtureBaker,
     assign_prompts,
@@ -26,7 +28,6 @@ from promptbake.techniques import (
     pursue,
     sequential,
 )
-from promptbake.types import Query
 
 PROMPT = "Always answer like a pirate, matey."
 OTHER = "Reply in one short sentence."
@@ -209,7 +210,7 @@ def test_sequential_bakes_each_prompt_into_the_previous_result(tiny_model, tmp_p
 @pytest.mark.parametrize("call, message", [
     (lambda out: pursue(PROMPT, 0, out), "rounds must be a positive integer"),
     (lambda out: pursue(PROMPT, 2, out, teacher_model="x"), "does not take the setting teacher_model"),
-    (lambda out: pursue(PROMPT, 2, out, student="prefix"), "soft-prefix adapter cannot be merged"),
+    (lambda out: pursue(PROMPT, 2, out, student="prefix"), "adapter cannot be merged into the model.s weights"),
     (lambda out: pursue(PROMPT, 2, out, epochs=0), "epochs must be a positive integer"),
     (lambda out: sequential([], out), "one or more prompts"),
     (lambda out: sequential([PROMPT, " "], out), "system prompt is empty"),
@@ -301,9 +302,9 @@ def test_the_bakes_renderer_renders_each_query_with_its_assigned_prompt(tiny_mod
     baker.student.setup(baker.config, 1)
     renderer = baker.make_renderer(256)
     queries = load_queries(None, "heldout", 6)
-    trajectories, _ = baker.generate_with_targets(renderer, queries, 1, split="heldout")
+    trajectories, _ = sample_split(teacher, renderer, queries, 1, baker.config, {}, split="heldout")
     assigned = assign_prompts(queries, [1.0, 1.0], seed=0)
-    assert set(assigned) == {0, 1} and baker.counts["heldout"] == [assigned.count(0), assigned.count(1)]
+    assert set(assigned) == {0, 1} and renderer.counts["heldout"] == [assigned.count(0), assigned.count(1)]
     for q, i, t in zip(queries, assigned, trajectories):
         want = Renderer(tokenizer, [PROMPT, OTHER][i]).prefix(q, True)
         assert renderer.prefix(q, True) == want == t.prompted_ids[: t.prompted_prefix_len]

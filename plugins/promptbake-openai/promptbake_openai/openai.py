@@ -27,18 +27,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from promptbake.config import BakeConfig
-from promptbake.errors import (
+from promptbake import (
     BackendError,
+    BakeConfig,
     CapabilityError,
     ConfigError,
     MissingDependencyError,
+    Prefix,
+    Sample,
+    SamplingConfig,
+    Teacher,
+    TeacherCapabilities,
     http_failure,
+    progress,
     server_detail,
 )
-from promptbake.interfaces import SamplingConfig, Teacher, TeacherCapabilities
-from promptbake.progress import progress
-from promptbake.types import Prefix, Sample
 
 from .responses import ResponseCache, default_cache_dir, request_key
 from .tokenmap import Mapped, Piece, TokenMap

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from promptbake.config import BakeConfig
-from promptbake.errors import ConfigError
-from promptbake.interfaces import SamplingConfig
+from promptbake import BakeConfig, ConfigError, SamplingConfig
 
 from .openai import OpenAITeacher
 

@@ -61,7 +61,7 @@ class Mapped:
 
     def targets(self) -> Any:
         """As promptbake Targets (rows padded to one width with -inf entries; excluded rows weight 0)."""
-        from promptbake.scoring import sparse_targets
+        from promptbake import sparse_targets
 
         return sparse_targets(self.topk, self.ids, weight=self.weight)
 

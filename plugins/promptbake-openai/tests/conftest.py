@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from promptbake import models
+from promptbake.builtin import models
 
 
 def _free_port() -> int:

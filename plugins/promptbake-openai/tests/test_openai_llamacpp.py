@@ -16,13 +16,14 @@ pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not 
 
 from promptbake_openai.openai import OpenAITeacher
 
-from promptbake import Baker, models
-from promptbake.config import BakeConfig
-from promptbake.interfaces import SamplingConfig
-from promptbake.queries import load_queries
-from promptbake.render import Renderer
-from promptbake.teachers.hf import HFTeacher
-from promptbake.types import Prefix
+from promptbake import Baker
+from promptbake.builtin import models
+from promptbake.builtin.hf import HFTeacher
+from promptbake.core.config import BakeConfig
+from promptbake.core.interfaces import SamplingConfig
+from promptbake.core.types import Prefix
+from promptbake.stages.queries import load_queries
+from promptbake.stages.render import Renderer
 
 pytestmark = pytest.mark.slow
 PROMPT = "Always respond in French."

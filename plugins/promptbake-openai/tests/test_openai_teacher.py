@@ -18,9 +18,10 @@ from openai_fakeapi import FakeChatAPI
 from promptbake_openai.openai import OpenAITeacher
 from promptbake_openai.openrouter import OpenRouterTeacher
 
-from promptbake import Baker, models
-from promptbake.errors import BackendError, CapabilityError, ConfigError
-from promptbake.plugins import temporary_plugin
+from promptbake import Baker
+from promptbake.builtin import models
+from promptbake.core.errors import BackendError, CapabilityError, ConfigError
+from promptbake.core.plugins import temporary_plugin
 
 PROMPT = "Always respond in French."
 REMOTE = "https://api.example.test/v1"  # not loopback: a key is required
@@ -50,7 +51,7 @@ def tokenizer_of(spec: str):
 
 
 def test_registered_names(registered):
-    from promptbake import registry
+    from promptbake.core import registry
 
     assert {"openai", "openrouter"} <= set(registry.names("teacher"))
     assert registry.resolve("teacher", "openai-compatible") is OpenAITeacher
@@ -75,7 +76,7 @@ def test_topk_bake_uses_sample_logprobs_and_lowers_heldout_kl(tiny_model, bake_s
     assert e is not None and "teacher's own samples" in e["kl"]
     assert e["kl_prompted_baked"] < e["kl_prompted_base"]
     # The end-of-turn rows have no teacher log-probs: excluded, not trained.
-    from promptbake.cache import TargetStore
+    from promptbake.run.cache import TargetStore
 
     store = TargetStore(result.run_dir / "targets")
     targets = store.read(store.index()["key"])
@@ -173,7 +174,7 @@ def test_capability_refusals_before_any_work(registered, api_key, loss, settings
 
 
 def test_missing_key_is_one_sentence(monkeypatch, tmp_path, tiny_model):
-    from promptbake.config import BakeConfig
+    from promptbake.core.config import BakeConfig
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
@@ -240,8 +241,8 @@ def test_text_only_api_tokens_map_like_llama_cpp(tiny_model, bake_settings, tmp_
 
 def test_sample_targets_are_cut_with_their_trajectory():
     """A trajectory that truncates its sample keeps the first rows of its targets."""
-    from promptbake.generation import cut_to
-    from promptbake.types import Targets, Trajectory
+    from promptbake.core.types import Targets, Trajectory
+    from promptbake.stages.generate import cut_to
 
     t = Targets(sampled_ids=torch.arange(5), topk_ids=torch.zeros(5, 2, dtype=torch.int32),
                 topk_logprobs=torch.zeros(5, 2), tail_logprob=torch.zeros(5), weight=torch.ones(5))

@@ -10,7 +10,7 @@ import concurrent.futures
 import os
 from typing import Any
 
-from promptbake.errors import (
+from promptbake import (
     BackendError,
     ConfigError,
     MissingDependencyError,

@@ -37,11 +37,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from promptbake.config import BakeConfig
-from promptbake.errors import BackendError, CapabilityError, ConfigError
-from promptbake.inference import METADATA_FILE
-from promptbake.interfaces import Loss, Student, StudentCapabilities
-from promptbake.types import Targets, Trajectory
+from promptbake import (
+    METADATA_FILE,
+    BackendError,
+    BakeConfig,
+    CapabilityError,
+    ConfigError,
+    Loss,
+    Student,
+    StudentCapabilities,
+    Targets,
+    Trajectory,
+)
 
 from . import client
 
@@ -81,8 +88,22 @@ class TinkerStudent(Student):
                  timeout: float = client.DEFAULT_TIMEOUT, train_mlp: bool = True, train_attn: bool = True,
                  train_unembed: bool = True, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
                  soft_ce: bool = False, download: bool = True, ttl_seconds: int | None = None,
-                 state_ttl_seconds: int | None = STATE_TTL):
+                 state_ttl_seconds: int | None = STATE_TTL, lora_rank: int = 16, lora_alpha: float | None = None,
+                 lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear"):
+        """``lora_rank``: the service's LoRA rank; the other LoRA settings are the service's own and
+        are refused unless left at their defaults (they are accepted as options only to say so)."""
         who = "Student 'tinker'"
+        if target_modules != "all-linear":
+            raise ConfigError("Student 'tinker' chooses LoRA layers with student_options train_mlp, "
+                              "train_attn and train_unembed, not target_modules; leave it at 'all-linear'.")
+        if lora_alpha is not None and lora_alpha != lora_rank:
+            raise ConfigError("Student 'tinker' cannot set lora_alpha (the service fixes its LoRA scaling); "
+                              "leave lora_alpha unset.")
+        if lora_dropout:
+            raise ConfigError("Student 'tinker' has no LoRA dropout; set lora_dropout to 0.")
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
+            raise ConfigError(f"lora_rank must be a positive integer, got {lora_rank!r}.")
+        self.lora_rank = lora_rank
         if not (train_mlp or train_attn or train_unembed):
             raise ConfigError(f"{who} needs at least one of train_mlp, train_attn, train_unembed set.")
         for key, ttl in (("ttl_seconds", ttl_seconds), ("state_ttl_seconds", state_ttl_seconds)):
@@ -111,14 +132,6 @@ class TinkerStudent(Student):
         """The key and the options the service cannot honour, before anything is created."""
         self.model_name = self.model_name or config.model
         client.require_key("Student 'tinker'")
-        if config.target_modules != "all-linear":
-            raise ConfigError("Student 'tinker' chooses LoRA layers with student_options train_mlp, "
-                              "train_attn and train_unembed, not target_modules; leave it at 'all-linear'.")
-        if config.lora_alpha is not None and config.lora_alpha != config.lora_rank:
-            raise ConfigError("Student 'tinker' cannot set lora_alpha (the service fixes its LoRA scaling); "
-                              "leave lora_alpha unset.")
-        if config.lora_dropout:
-            raise ConfigError("Student 'tinker' has no LoRA dropout; set lora_dropout to 0.")
 
     def setup(self, config: BakeConfig, total_steps: int) -> None:
         self.check(config)
@@ -128,7 +141,7 @@ class TinkerStudent(Student):
         self.steps = 0
         self.service = client.connect(self.base_url)
         made = self.service.create_lora_training_client(
-            base_model=self.model_name, rank=config.lora_rank, seed=config.seed, **self.train)
+            base_model=self.model_name, rank=self.lora_rank, seed=config.seed, **self.train)
         self.training = client.resolve(made, self.timeout, "the LoRA training client")
         self._tokenizer = self.training.get_tokenizer()
 
@@ -329,7 +342,7 @@ def topk_kl_from_logprobs(s_logp: Any, targets: Targets, tail: bool, renormalize
     """Per-position forward KL over the teacher's top-K from the student's log-probs of those ids."""
     import torch
 
-    from promptbake.scoring import log1mexp
+    from promptbake import log1mexp
 
     assert targets.topk_logprobs is not None
     t_logp = targets.topk_logprobs.float()

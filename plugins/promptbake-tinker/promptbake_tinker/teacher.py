@@ -16,10 +16,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from promptbake.config import BakeConfig
-from promptbake.errors import CapabilityError
-from promptbake.interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
-from promptbake.types import Prefix, Sample, Targets, Trajectory
+from promptbake import (
+    BakeConfig,
+    CapabilityError,
+    Prefix,
+    Sample,
+    SamplingConfig,
+    Side,
+    Targets,
+    Teacher,
+    TeacherCapabilities,
+    Trajectory,
+)
 
 from . import client
 
@@ -144,7 +152,7 @@ def topk_targets(rows: Sequence[Any] | None, start: int, response_ids: list[int]
     Rows with fewer than K entries are padded as the core pads them (see
     :func:`promptbake.scoring.sparse_targets`); a position with no entries gets weight 0.
     """
-    from promptbake.scoring import sparse_targets
+    from promptbake import sparse_targets
 
     rows = list(rows or [])
     kept: list[list[tuple[int, float]]] = []

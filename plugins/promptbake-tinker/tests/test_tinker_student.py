@@ -10,12 +10,12 @@ from promptbake_tinker import client
 from promptbake_tinker.student import TinkerStudent
 from tinker_fake import FakeService
 
-from promptbake import models
-from promptbake.config import BakeConfig
-from promptbake.losses import CELoss, TopKKLLoss
-from promptbake.scoring import logits_to_targets, response_logits
-from promptbake.students.peft import PeftStudent
-from promptbake.types import Trajectory
+from promptbake.builtin import models
+from promptbake.builtin.losses import CELoss, TopKKLLoss
+from promptbake.builtin.peft import PeftStudent
+from promptbake.builtin.scoring import logits_to_targets, response_logits
+from promptbake.core.config import BakeConfig
+from promptbake.core.types import Trajectory
 
 
 def _trajectories(vocab: int) -> list[Trajectory]:

@@ -14,11 +14,12 @@ from promptbake_tinker import client
 from promptbake_tinker.teacher import TinkerTeacher, topk_targets
 from tinker_fake import FakeService, Hung
 
-from promptbake import Baker, models
-from promptbake.errors import BackendError, CapabilityError, ConfigError
-from promptbake.plugins import temporary_plugin
-from promptbake.scoring import logits_to_targets, response_logits
-from promptbake.types import Trajectory
+from promptbake import Baker
+from promptbake.builtin import models
+from promptbake.builtin.scoring import logits_to_targets, response_logits
+from promptbake.core.errors import BackendError, CapabilityError, ConfigError
+from promptbake.core.plugins import temporary_plugin
+from promptbake.core.types import Trajectory
 
 KEY = "tml-SECRET-do-not-write-0123456789"
 
@@ -45,7 +46,7 @@ def test_tinker_teacher_scores_like_the_model(service):
     tok = handle.tokenizer
     traj = Trajectory("q", 0, prompted_ids=list(range(20, 40)), unprompted_ids=list(range(30, 40)), response_len=6)
     teacher = TinkerTeacher()
-    from promptbake.config import BakeConfig
+    from promptbake.core.config import BakeConfig
 
     teacher.setup(BakeConfig(model=service.spec, device="cpu"))
     assert teacher.tokenizer is tok
@@ -84,7 +85,7 @@ def test_tinker_missing_key_refused_before_any_work(tiny_model, monkeypatch, tmp
     # with another teacher the tinker student refuses first thing in setup, before connecting
     from promptbake_tinker.student import TinkerStudent
 
-    from promptbake.config import BakeConfig
+    from promptbake.core.config import BakeConfig
 
     with pytest.raises(ConfigError, match="TINKER_API_KEY"):
         TinkerStudent().setup(BakeConfig(device="cpu"), 1)
@@ -111,14 +112,14 @@ def test_tinker_hung_future_times_out():
 def test_tinker_hung_step_times_out(service):
     from promptbake_tinker.student import TinkerStudent
 
-    from promptbake.config import BakeConfig
-    from promptbake.losses import CELoss
+    from promptbake.builtin.losses import CELoss
+    from promptbake.core.config import BakeConfig
 
     student = TinkerStudent(timeout=0.05)
     student.setup(BakeConfig(model=service.spec, device="cpu"), 1)
     service.trainings[0].hang = True
     traj = Trajectory("q", 0, prompted_ids=[20, 21, 22, 23], unprompted_ids=[22, 23], response_len=1)
-    from promptbake.types import Targets
+    from promptbake.core.types import Targets
 
     with pytest.raises(BackendError, match="within 0.05 s"):
         student.step([[(traj, Targets(sampled_ids=torch.tensor([23])))]], CELoss())
@@ -200,7 +201,7 @@ def test_tinker_bake_resumes_from_the_services_checkpoint(service, bake_settings
 def test_tinker_resume_from_an_expired_checkpoint_says_so(service, tmp_path):
     from promptbake_tinker.student import STATE_FILE, TinkerStudent
 
-    from promptbake.config import BakeConfig
+    from promptbake.core.config import BakeConfig
 
     student = TinkerStudent()
     student.setup(BakeConfig(model=service.spec, device="cpu"), 4)

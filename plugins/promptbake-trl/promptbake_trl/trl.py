@@ -32,13 +32,20 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
-from promptbake import checkpoint as checkpoints
-from promptbake.config import BakeConfig
-from promptbake.errors import ConfigError
-from promptbake.interfaces import BatchTargets, Loss, StudentCapabilities
-from promptbake.scoring import response_logits
-from promptbake.students.peft import PeftStudent
-from promptbake.types import Targets, Trajectory
+from promptbake import (
+    BakeConfig,
+    BatchTargets,
+    ConfigError,
+    Loss,
+    StudentCapabilities,
+    Targets,
+    Trajectory,
+    load_torch_state,
+    load_weights,
+    save_torch_state,
+)
+from promptbake.builtin.peft import PeftStudent
+from promptbake.builtin.scoring import response_logits
 
 # Settings the Baker's own config decides; giving them as student options would split the truth.
 OWNED = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
@@ -56,8 +63,10 @@ class TRLStudent(PeftStudent):
     name = "trl"
     capabilities = StudentCapabilities(losses=None, can_score=True, checkpoints=True, owns_loop=True)
 
-    def __init__(self, model: str | None = None, **training_args: Any):
-        super().__init__(model, head_chunk=None)
+    def __init__(self, model: str | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
+                 lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear", **training_args: Any):
+        super().__init__(model, head_chunk=None, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                         target_modules=target_modules)
         self.training_args = training_args
         self.trainer: Any = None
         self._restore_from: str | None = None  # a checkpoint to load once the Trainer has its optimizer
@@ -108,7 +117,7 @@ class TRLStudent(PeftStudent):
                               f"divide evenly.")
         if start >= len(steps):  # cut off after the last checkpoint: its weights are the result
             if self._restore_from is not None:
-                checkpoints.load_weights(self._restore_from, self._handle.peft_model)
+                load_weights(self._restore_from, self._handle.peft_model)
                 self._restore_from = None
             return {"steps": start, "first_loss": None, "last_loss": None}
         micro = [list(mb) for step in steps[start:] for mb in step]
@@ -139,7 +148,7 @@ class TRLStudent(PeftStudent):
         trainer = self.trainer
         if trainer is None or trainer.optimizer is None:
             raise RuntimeError("TRLStudent.save_state is called from fit, once the Trainer exists")
-        checkpoints.save_torch_state(path, self._handle.peft_model, trainer.optimizer, trainer.lr_scheduler,
+        save_torch_state(path, self._handle.peft_model, trainer.optimizer, trainer.lr_scheduler,
                                      extra=self._rng_by_rank)
 
     def load_state(self, path: str) -> None:
@@ -153,7 +162,7 @@ class TRLStudent(PeftStudent):
         if self._restore_from is None:
             return None
         trainer = self.trainer
-        by_rank = checkpoints.load_torch_state(self._restore_from, self._handle.peft_model, trainer.optimizer,
+        by_rank = load_torch_state(self._restore_from, self._handle.peft_model, trainer.optimizer,
                                                trainer.lr_scheduler)
         self._restore_from = None
         rank = trainer.accelerator.process_index

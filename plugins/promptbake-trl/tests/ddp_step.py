@@ -17,10 +17,10 @@ from pathlib import Path
 from promptbake_trl.trl import TRLStudent
 from safetensors.torch import save_file
 
-from promptbake.cache import TargetStore
-from promptbake.config import BakeConfig
-from promptbake.losses import TopKKLLoss
-from promptbake.rundir import RunDir
+from promptbake.builtin.losses import TopKKLLoss
+from promptbake.core.config import BakeConfig
+from promptbake.run.cache import TargetStore
+from promptbake.run.rundir import RunDir
 
 GLOBAL_BATCH = 8
 LR = 100.0  # the tiny model's KL is ~1e-5: a large step makes the update measurable

@@ -15,8 +15,8 @@ from helpers import save_tiny_model
 from safetensors import safe_open
 
 from promptbake import Baker, ConfigError
-from promptbake.plugins import temporary_plugin
-from promptbake.students.peft import PeftStudent
+from promptbake.builtin.peft import PeftStudent
+from promptbake.core.plugins import temporary_plugin
 
 PROMPT = "Always answer like a pirate, matey."
 HERE = Path(__file__).parent
@@ -46,7 +46,7 @@ def test_trl_and_peft_give_the_same_loss_curve(tmp_path, grad_accum):
 def test_trl_options_are_checked():
     from promptbake_trl.trl import TRLStudent
 
-    from promptbake.config import BakeConfig
+    from promptbake.core.config import BakeConfig
 
     config = BakeConfig(prompt="p")
     with pytest.raises(ConfigError, match="not a TrainingArguments/SFTConfig field"):
@@ -85,12 +85,12 @@ def _peft_update(model: Path, run: Path) -> dict[str, torch.Tensor]:
     sys.path.insert(0, str(HERE))
     import ddp_step
 
-    from promptbake.cache import TargetStore
-    from promptbake.config import BakeConfig
-    from promptbake.interfaces import BatchTargets
-    from promptbake.losses import TopKKLLoss
-    from promptbake.rundir import RunDir
-    from promptbake.scoring import response_logits
+    from promptbake.builtin.losses import TopKKLLoss
+    from promptbake.builtin.scoring import response_logits
+    from promptbake.core.config import BakeConfig
+    from promptbake.core.interfaces import BatchTargets
+    from promptbake.run.cache import TargetStore
+    from promptbake.run.rundir import RunDir
 
     n = ddp_step.GLOBAL_BATCH
     trajectories = RunDir(run).read_trajectories()[:n]

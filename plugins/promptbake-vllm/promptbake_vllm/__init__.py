@@ -6,7 +6,7 @@ torch, vllm nor openai; they load when a teacher is first used.
 
 from __future__ import annotations
 
-from promptbake.hookspecs import hookimpl
+from promptbake import hookimpl
 
 __version__ = "0.1.0"
 

@@ -24,8 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from promptbake.errors import PromptbakeError
-from promptbake.types import Sample, Targets
+from promptbake import PromptbakeError, Sample, Targets
 
 # vLLM's server writes -inf log-probs as -9999.0 (JSON has no infinity).
 SERVER_NEG_INF = -9999.0
@@ -122,7 +121,7 @@ def topk_targets(rows: Sequence[list[Entry]], sampled_ids: Sequence[int], top_k:
     A row with fewer than K entries is widened the way promptbake pads top-K
     rows (see :func:`promptbake.scoring.sparse_targets`); an empty row is an error.
     """
-    from promptbake.scoring import sparse_targets
+    from promptbake import sparse_targets
 
     if len(rows) != len(sampled_ids):
         raise VLLMResponseError(f"vLLM returned {len(rows)} log-prob rows for {len(sampled_ids)} tokens.")

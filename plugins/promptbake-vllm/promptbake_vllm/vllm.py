@@ -12,15 +12,21 @@ import gc
 from collections.abc import Sequence
 from typing import Any
 
-from promptbake.config import BakeConfig
-from promptbake.errors import (
+from promptbake import (
+    BakeConfig,
     CapabilityError,
     ConfigError,
     MissingDependencyError,
+    Prefix,
     PromptbakeError,
+    Sample,
+    SamplingConfig,
+    Side,
+    Targets,
+    Teacher,
+    TeacherCapabilities,
+    Trajectory,
 )
-from promptbake.interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
-from promptbake.types import Prefix, Sample, Targets, Trajectory
 
 from .convert import prompt_targets, request_seed, sample_targets, to_sample
 
@@ -128,7 +134,7 @@ class VLLMTeacher(Teacher):
         self.show_progress = False
 
     def setup(self, config: BakeConfig) -> None:
-        from promptbake.models import EMBEDDED
+        from promptbake.builtin.models import EMBEDDED
 
         spec = self.model_spec or config.teacher_model or config.model
         if spec in EMBEDDED:

@@ -15,16 +15,22 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from promptbake.config import BakeConfig
-from promptbake.errors import (
+from promptbake import (
+    BakeConfig,
     ConfigError,
     MissingDependencyError,
+    Prefix,
+    Sample,
+    SamplingConfig,
+    Side,
+    Targets,
+    Teacher,
+    TeacherCapabilities,
+    Trajectory,
     http_failure,
+    progress,
     server_detail,
 )
-from promptbake.interfaces import SamplingConfig, Side, Teacher, TeacherCapabilities
-from promptbake.progress import progress
-from promptbake.types import Prefix, Sample, Targets, Trajectory
 
 from .convert import (
     VLLMResponseError,
@@ -49,9 +55,9 @@ _PLAIN_SAMPLING = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 try:
-    from promptbake.errors import BackendError as _ServiceError
+    from promptbake import BackendError as _ServiceError
 except ImportError:  # a promptbake without BackendError
-    from promptbake.errors import PromptbakeError as _ServiceError
+    from promptbake import PromptbakeError as _ServiceError
 
 
 class VLLMServerError(_ServiceError):

@@ -25,8 +25,9 @@ from vllm_fakes import (
     server_json,
 )
 
-from promptbake.scoring import logits_to_targets, sparse_targets
-from promptbake.types import Trajectory
+from promptbake.builtin.scoring import logits_to_targets
+from promptbake.core.targets import sparse_targets
+from promptbake.core.types import Trajectory
 
 V, K, PREFIX, R = 64, 5, 7, 9
 

@@ -12,17 +12,17 @@ from vllm_fakes import FakeLLM
 from vllm_fakes import bake_config as _config
 from vllm_fakes import trajectories as _trajectories
 
-from promptbake import models
-from promptbake.config import BakeConfig
-from promptbake.errors import (
+from promptbake.builtin import models
+from promptbake.builtin.hf import HFTeacher
+from promptbake.core.config import BakeConfig
+from promptbake.core.errors import (
     CapabilityError,
     ConfigError,
     MissingDependencyError,
     PromptbakeError,
 )
-from promptbake.interfaces import SamplingConfig
-from promptbake.teachers.hf import HFTeacher
-from promptbake.types import Prefix, Query
+from promptbake.core.interfaces import SamplingConfig
+from promptbake.core.types import Prefix, Query
 
 
 def _teacher(spec: str, monkeypatch, flat: bool = True, top_k: int = 8, **options) -> VLLMTeacher:
@@ -194,7 +194,7 @@ def test_a_bake_runs_with_the_vllm_teacher(tiny_model, monkeypatch, bake_setting
     import promptbake_vllm
 
     from promptbake import Baker
-    from promptbake.plugins import temporary_plugin
+    from promptbake.core.plugins import temporary_plugin
 
     spec = tiny_model()
     vllm_fakes.install(monkeypatch)

@@ -26,10 +26,10 @@ def test_vllm_scoring_agrees_with_the_hf_teacher(tmp_path):
     from promptbake_vllm.vllm import VLLMTeacher
     from vllm_fakes import bake_config, trajectories
 
-    from promptbake import models
-    from promptbake.interfaces import SamplingConfig
-    from promptbake.teachers.hf import HFTeacher
-    from promptbake.types import Prefix
+    from promptbake.builtin import models
+    from promptbake.builtin.hf import HFTeacher
+    from promptbake.core.interfaces import SamplingConfig
+    from promptbake.core.types import Prefix
 
     # Like helpers.save_tiny_model, with a head size vLLM's attention kernels support (64, not 8).
     path = str(tmp_path / "tiny-vllm")

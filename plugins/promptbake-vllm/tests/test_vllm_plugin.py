@@ -9,8 +9,8 @@ import sys
 import promptbake_vllm
 import pytest
 
-from promptbake import registry
-from promptbake.plugins import temporary_plugin
+from promptbake.core import registry
+from promptbake.core.plugins import temporary_plugin
 
 
 def test_registers_both_teachers():

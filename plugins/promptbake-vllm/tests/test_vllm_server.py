@@ -13,10 +13,10 @@ from vllm_fakes import FakeServer, httpx_module
 from vllm_fakes import bake_config as _config
 from vllm_fakes import trajectories as _trajectories
 
-from promptbake.errors import CapabilityError, ConfigError
-from promptbake.interfaces import SamplingConfig
-from promptbake.teachers.hf import HFTeacher
-from promptbake.types import Prefix
+from promptbake.builtin.hf import HFTeacher
+from promptbake.core.errors import CapabilityError, ConfigError
+from promptbake.core.interfaces import SamplingConfig
+from promptbake.core.types import Prefix
 
 httpx = httpx_module()
 KEY = "sk-test-a1b2c3-SECRET"

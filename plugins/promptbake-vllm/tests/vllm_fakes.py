@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from promptbake import models
-from promptbake.config import BakeConfig
-from promptbake.render import Renderer
-from promptbake.types import Query, Trajectory
+from promptbake.builtin import models
+from promptbake.core.config import BakeConfig
+from promptbake.core.types import Query, Trajectory
+from promptbake.stages.render import Renderer
 
 PROMPT = "You are a pirate. Answer in one line. " * 3
 

@@ -1,0 +1,160 @@
+"""The generate stage: the prompted teacher's samples, chunk by chunk, each chunk saved as it completes.
+
+Queries are split into fixed chunks; chunk ``c`` samples with a seed derived
+from (bake seed, split, c), so a chunk's samples do not depend on which chunks
+ran before it in this process. Each finished chunk is written atomically to
+``RUN/generate/`` under a key over everything that determines it; a bake that
+stops half-way and is resumed reads the finished chunks back and samples only
+the rest, and the result equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..core import decoding
+from ..core.batching import batches
+from ..core.config import BakeConfig
+from ..core.errors import ConfigError
+from ..core.interfaces import SamplingConfig, Teacher
+from ..core.progress import counter
+from ..core.types import Prefix, Query, Targets, Trajectory
+from ..run import files
+from ..run.chunks import ChunkStore
+from ..run.rundir import RunDir
+from .render import MixtureRenderer, Renderer
+
+CHUNK_QUERIES = 64  # queries per saved chunk: what a crash can cost at most
+
+
+def chunk_seed(seed: int, split: str, chunk: int) -> int:
+    """A 31-bit sampling seed for one chunk of one split."""
+    digest = hashlib.sha256(f"{seed}:{split}:{chunk}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def chunk_key(teacher: Teacher, model: str, sampling: SamplingConfig, prefixes: Sequence[Prefix],
+              n_queries: int) -> str:
+    """A sha256 over what determines a chunk's samples."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(teacher), model, sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens,
+                         sampling.min_new_tokens, sampling.seed, list(sampling.stop_ids), sampling.logprobs,
+                         n_queries, *([sorted(sampling.extras.items())] if sampling.extras else [])]).encode())
+    for p in prefixes:
+        h.update(json.dumps([p.ids, list(p.messages)]).encode())
+    return h.hexdigest()
+
+
+def generate(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], sampling: SamplingConfig,
+             split: str, store: ChunkStore | None = None, show_progress: bool = True,
+             log: Any = None, model: str = "") -> tuple[list[Trajectory], list[Targets] | None]:
+    """Trajectories (``sampling.n`` per query) and, when every sample carried them, their targets.
+
+    ``sampling.seed`` is the bake's seed; each chunk samples with :func:`chunk_seed`.
+    Chunks found whole in ``store`` under the same key (teacher, ``model``, sampling and
+    prompts) are read instead of sampled.
+    """
+    trajectories: list[Trajectory] = []
+    targets: list[Targets] = []
+    reused = 0
+    base_seed = sampling.seed
+    with counter(len(queries), f"generate ({split})", show_progress, unit="query") as bar:
+        for c, part in enumerate(batches(list(queries), CHUNK_QUERIES)):
+            rendered = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in part]
+            prefixes = [Prefix(ids=p, messages=tuple(renderer.messages(q, True))) for q, (p, _) in zip(part, rendered)]
+            chunk_sampling = replace(sampling, seed=chunk_seed(base_seed, split, c))
+            key = chunk_key(teacher, model, chunk_sampling, prefixes, len(part))
+            got = store.read(c, key) if store is not None else None
+            if got is not None:
+                reused += 1
+            else:
+                got = _sample(teacher, renderer, part, rendered, prefixes, chunk_sampling)
+                if store is not None:
+                    store.write(c, key, *got)
+            trajectories.extend(got[0])
+            if got[1] is not None:
+                targets.extend(got[1])
+            bar.update(len(part))
+    if log is not None and reused:
+        log({"stage": "generate", "split": split, "chunks_reused": reused})
+    return trajectories, (targets if trajectories and len(targets) == len(trajectories) else None)
+
+
+def _sample(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], rendered: Sequence[tuple[list[int], list[int]]],
+            prefixes: Sequence[Prefix], sampling: SamplingConfig) -> tuple[list[Trajectory], list[Targets] | None]:
+    samples = teacher.generate(prefixes, sampling)
+    out: list[Trajectory] = []
+    targets: list[Targets] = []
+    for q, pre, group in zip(queries, rendered, samples):
+        for i, sample in enumerate(group):
+            traj = renderer.trajectory(q, sample.token_ids, i, prefixes=pre)
+            out.append(traj)
+            if sample.targets is not None:
+                targets.append(cut_to(traj, sample.targets))
+    return out, (targets if out and len(targets) == len(out) else None)
+
+
+def cut_to(traj: Trajectory, targets: Targets) -> Targets:
+    """A sample's targets cut to the trajectory (which may end earlier), on its tokens."""
+    import torch
+
+    if len(targets) < traj.response_len:
+        raise ConfigError(f"The teacher gave {len(targets)} target rows for a {traj.response_len}-token "
+                          f"response ({traj.key}); a teacher must give one row per sampled token.")
+    out = targets.head(traj.response_len)
+    out.sampled_ids = torch.tensor(traj.response_ids, dtype=torch.long)
+    return out
+
+
+def sample_logprobs(teacher: Teacher, kind: str, config: BakeConfig) -> int | None:
+    """The top-K a teacher must send with its samples: where the loss needs a distribution and the
+    teacher cannot score given text but gives log-probs with its own samples (hosted APIs)."""
+    tc = teacher.capabilities
+    return config.top_k if kind != "tokens" and not tc.can_score and tc.sample_logprobs else None
+
+
+def sample_split(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], n: int, config: BakeConfig,
+                 extras: dict[str, Any], run: RunDir | None = None, split: str = "train",
+                 logprobs: int | None = None) -> tuple[list[Trajectory], list[Targets] | None]:
+    """The stage for one split: ``n`` samples per query at the bake's sampling settings (plus
+    the generation_config ``extras`` every side samples with; ``logprobs``: the top-K a hosted
+    teacher must send with its samples), chunks saved under ``RUN/generate/``.
+
+    In a mixture bake each query is answered under the prompt it is assigned (split
+    ``{split}-p{i}`` for prompt i), and the trajectories come back in query order.
+    """
+    sampling = decoding.bake_sampling(config, renderer.stop_ids, extras, n=n, logprobs=logprobs)
+    model = config.teacher_model or config.model
+
+    def one(r: Renderer, part: Sequence[Query], name: str) -> tuple[list[Trajectory], list[Targets] | None]:
+        store = ChunkStore(run.file(files.GENERATE), name) if run is not None else None
+        return generate(teacher, r, part, sampling, name, store, config.progress,
+                        run.log if run is not None else None, model=model)
+
+    if not isinstance(renderer, MixtureRenderer):
+        return one(renderer, queries, split)
+    assigned = renderer.assign(queries, config.seed, split)
+    if run is not None:
+        run.log({"stage": "mixture", "split": split, "queries_per_prompt": renderer.counts[split]})
+    slots: list[tuple[list[Trajectory], list[Targets] | None]] = [([], None) for _ in queries]
+    all_targets = True
+    for i, prompted in enumerate(renderer.renderers):
+        positions = [j for j, a in enumerate(assigned) if a == i]
+        if not positions:
+            continue
+        trajs, targets = one(prompted, [queries[j] for j in positions], f"{split}-p{i}")
+        all_targets = all_targets and targets is not None
+        k = 0  # samples come query after query: hand each query its own run of them
+        for j in positions:
+            start = k
+            while k < len(trajs) and k - start < n and trajs[k].query_id == queries[j].id:
+                k += 1
+            slots[j] = (trajs[start:k], targets[start:k] if targets is not None else None)
+        if k != len(trajs):
+            raise ConfigError(f"The teacher's samples for split {split} do not follow the queries' order.")
+    out = [t for ts, _ in slots for t in ts]
+    return out, ([tg for _, tgs in slots for tg in (tgs or [])] if all_targets else None)

@@ -1,1 +1,0 @@
-"""Built-in students (one module per backend)."""

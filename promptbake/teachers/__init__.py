@@ -1,1 +1,0 @@
-"""Built-in teachers (one module per backend)."""

@@ -11,6 +11,7 @@ registered names (plugins, built-ins included) or instances. docs/architecture.m
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from typing import Any
 from .core import capabilities, decoding, registry
 from .core.atomic import write_json
 from .core.config import BakeConfig
-from .core.errors import ConfigError
-from .core.interfaces import Loss, Student, Teacher
+from .core.errors import ConfigError, PromptbakeWarning
+from .core.interfaces import ExportResult, Loss, Student, Teacher
 from .core.probes import parse_probes
 from .core.progress import timed
 from .core.types import PromptMixture
@@ -33,7 +34,7 @@ from .run.rundir import (
     public_config,
     resumed_config,
 )
-from .stages import evaluate, generate, score, train
+from .stages import evaluate, export, generate, score, train
 from .stages.onpolicy import OnPolicySampler
 from .stages.queries import bake_queries
 from .stages.render import Renderer, make_renderer
@@ -49,6 +50,7 @@ class BakeResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] | None = None
     main: bool = True  # False in the other processes of a distributed launch: rank 0 has the results
+    exports: list[ExportResult] = field(default_factory=list)  # what the ``export`` setting wrote
 
 
 class Baker:
@@ -114,6 +116,8 @@ class Baker:
             parse_probes(self.config.probes)  # a misspelt probe fails now, not after training
         self.teacher.check(self.config)
         self.student.check(self.config)
+        for warning in export.check(self.config):  # a format that could not serve this bake refuses it now
+            warnings.warn(warning, PromptbakeWarning, stacklevel=2)
 
     def make_renderer(self, max_length: int) -> Renderer:
         """The renderer of both sides, with the student's tokenizer and end ids (after setup)."""
@@ -179,6 +183,8 @@ class Baker:
                                                     heldout, cfg, run.path, adapter)
                 if result.eval is not None:
                     write_json(run.file(files.EVAL), result.eval)
+            result.exports = [export.export(run.path, e, overwrite=True)
+                              for e in export.exporters(cfg.export, cfg.export_options)]
             if isinstance(cfg.prompt, PromptMixture):
                 write_json(run.file(files.MIXTURE), {"prompts": cfg.prompt.describe(cfg.include_prompt),
                                                      "queries_per_prompt": getattr(renderer, "counts", {})})

@@ -326,6 +326,30 @@ def mix(prompts: tuple[str, ...], weights: tuple[float, ...], out: str, model: s
         click.echo(f"Run directory: {result.run_dir}")
 
 
+@cli.command(name="export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--to", "formats", multiple=True, required=True, metavar="FORMAT",
+              help="merged, gguf, gguf-lora, vllm (repeatable; `promptbake plugins` lists what is installed).")
+@click.option("--out", "-o", type=click.Path(), help="Folder to write (default RUN_DIR/export/FORMAT; one format only).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the format, e.g. --option quant=q8_0 (gguf) or --option max_lora_rank=32 (vllm).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+def export_(run_dir: str, formats: tuple[str, ...], out: str | None, options: tuple[str, ...], overwrite: bool) -> None:
+    """Write the bake in RUN_DIR for a server: llama.cpp / Ollama (gguf-lora, gguf), vLLM, transformers (merged)."""
+    from .stages import export
+
+    if out is not None and len(formats) > 1:
+        raise ConfigError("--out names one folder; export one format at a time with it, or drop --out.")
+    given = _parse_set(options)
+    for exporter in export.exporters(list(formats), {f: given for f in formats}):
+        result = export.export(run_dir, exporter, out, overwrite=overwrite)
+        click.echo(f"{result.format}: {result.path}")
+        for note in result.notes:
+            click.echo(f"  {note}")
+        for command in result.serve:
+            click.echo(f"  serve: {command}")
+
+
 @cli.command()
 @click.option("--adapter", "-a", required=True, type=click.Path(file_okay=False),
               help="A baked LoRA adapter directory.")
@@ -340,10 +364,28 @@ def merge(adapter: str, out: str, model: str | None, dtype: str, overwrite: bool
     click.echo(f"Merged model: {merge_adapter(adapter, out, model=model, dtype=dtype, overwrite=overwrite)}")
 
 
+def _one_line_warnings() -> None:
+    """promptbake's own warnings as one line each on stderr (others as Python prints them)."""
+    import warnings
+
+    from .core.errors import PromptbakeWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, PromptbakeWarning):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 1."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("PROMPTBAKE_DEBUG"))
+    _one_line_warnings()
     try:
         cli.main(args=args, prog_name="promptbake", standalone_mode=False)
     except click.exceptions.Abort:

@@ -32,3 +32,10 @@ def register_probes(register):  # type: ignore[no-untyped-def]
                       ("starts_with", "StartsWithProbe"), ("max_length", "MaxLengthProbe"),
                       ("multiple_choice", "MultipleChoiceProbe")):
         register(name, f"promptbake.builtin.probes:{cls}")
+
+
+@hookimpl
+def register_exporters(register):  # type: ignore[no-untyped-def]
+    register("merged", "promptbake.builtin.merged:MergedExporter")
+    register("gguf", "promptbake.builtin.gguf:GGUFExporter")
+    register("gguf-lora", "promptbake.builtin.gguf:GGUFLoraExporter", aliases=("ollama", "llama.cpp"))

@@ -84,6 +84,9 @@ class BakeConfig:
     reprompt: bool = False  # also answer with the baked model plus the prompt (re-prompting)
     probe_samples: int = 2  # sampled answers per held-out query and side for the sampled probe scores
     save_epochs: bool = True  # keep each epoch's adapter in RUN/epochs/ (half-baking by early stopping)
+    # export at the end of the bake (RUN/export/FORMAT), checked before any work: e.g. ["gguf-lora", "vllm"]
+    export: list[str] = field(default_factory=list)
+    export_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per format, e.g. {vllm = {max_lora_rank = 32}}
 
     _POSITIVE = ("samples_per_query", "max_new_tokens", "epochs",
                  "batch_size", "grad_accum", "score_batch_size",
@@ -145,6 +148,11 @@ class BakeConfig:
         if isinstance(self.on_policy, bool) or not isinstance(self.on_policy, int | float) \
                 or not 0 <= self.on_policy <= 1:
             raise ConfigError(f"on_policy must be a fraction between 0 and 1, got {self.on_policy!r}.")
+        if not isinstance(self.export, list) or not all(isinstance(f, str) and f for f in self.export):
+            raise ConfigError(f"export must be a list of formats such as ['gguf-lora'], got {self.export!r}.")
+        if not isinstance(self.export_options, dict) or not all(isinstance(v, dict) for v in self.export_options.values()):
+            raise ConfigError(f"export_options must be a table per format such as {{vllm = {{max_lora_rank = 32}}}}, "
+                              f"got {self.export_options!r}.")
         if not isinstance(self.generation_config, bool):
             raise ConfigError(f"generation_config must be true or false, got {self.generation_config!r}.")
         if self.resume and self.overwrite:

@@ -52,6 +52,10 @@ class BackendError(PromptbakeError):
     """A service a backend talks to refused or failed a request (after its retries)."""
 
 
+class PromptbakeWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI prints it as one line)."""
+
+
 class AlignmentError(PromptbakeError):
     """Prompted and unprompted renderings do not line up as the contract requires."""
 

@@ -37,6 +37,15 @@ def register_losses(register):  # type: ignore[no-untyped-def]
 def register_probes(register):  # type: ignore[no-untyped-def]
     """Register behaviour probes: ``register(name, cls_or_path, aliases=())``.
 
-    A probe is a ``promptbake.probes.Probe`` subclass, built with the text after
+    A probe is a ``promptbake.Probe`` subclass, built with the text after
     ``=`` in a spec such as ``language=fr``.
+    """
+
+
+@hookspec
+def register_exporters(register):  # type: ignore[no-untyped-def]
+    """Register export formats: ``register(name, cls_or_path, aliases=())``.
+
+    An exporter is a ``promptbake.Exporter`` subclass: ``promptbake export RUN --to NAME``
+    and the ``export`` setting of a bake use it.
     """

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from .config import BakeConfig
-    from .types import Prefix, Sample, Targets, Trajectory
+    from .types import BakedRun, Prefix, Sample, Targets, Trajectory
 
 TargetKind = Literal["tokens", "topk", "full"]
 Side = Literal["prompted", "unprompted"]
@@ -357,3 +359,41 @@ def pad_topk(parts: list[torch.Tensor], field: str) -> list[torch.Tensor]:
             p = torch.cat([p, fill.to(p.dtype)], dim=-1)
         out.append(p)
     return out
+
+
+@dataclass
+class ExportResult:
+    """What an exporter wrote, and how to serve it."""
+
+    format: str
+    path: Path  # the folder (or file) written
+    files: list[str] = field(default_factory=list)  # what it holds, relative to ``path``
+    serve: list[str] = field(default_factory=list)  # commands that serve it, ready to paste
+    notes: list[str] = field(default_factory=list)  # sentences: what was measured, what to watch for
+    measured: dict[str, Any] = field(default_factory=dict)  # the figures the notes quote
+
+
+class Exporter(ABC):
+    """Writes a finished bake in a format a server loads (``promptbake export RUN --to NAME``).
+
+    ``check`` runs when a bake that will be exported starts (``export`` setting), before any
+    work: it raises a PromptbakeError (one sentence) for a bake the format could not serve and
+    returns warnings for one it could serve only partly. ``export`` writes into ``out``, a new
+    folder, whole or not at all (the caller writes it under a temporary name and renames it).
+    """
+
+    name: ClassVar[str] = "exporter"
+
+    def __init__(self, **options: Any):
+        """Options of the format (``--option KEY=VALUE`` on the command line)."""
+        self.options = options
+
+    def check(self, config: BakeConfig) -> list[str]:
+        return []
+
+    @abstractmethod
+    def export(self, bake: BakedRun, out: Path) -> ExportResult:
+        """Write ``bake`` into the folder ``out``; say what was written."""
+
+    def __str__(self) -> str:
+        return f"Exporter: {self.name}"

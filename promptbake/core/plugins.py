@@ -23,9 +23,9 @@ from .errors import DuplicateBackendError, PromptbakeError
 
 GROUP = "promptbake"
 BUILTIN_MODULE = "promptbake.builtin"
-KINDS = ("teacher", "student", "loss", "probe")
+KINDS = ("teacher", "student", "loss", "probe", "exporter")
 _HOOKS = {"teacher": "register_teachers", "student": "register_students", "loss": "register_losses",
-          "probe": "register_probes"}
+          "probe": "register_probes", "exporter": "register_exporters"}
 
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)

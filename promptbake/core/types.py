@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -143,6 +144,17 @@ class Sample:
     finished: bool
     extra: dict[str, Any] = field(default_factory=dict)
     targets: Targets | None = None
+
+
+@dataclass(frozen=True)
+class BakedRun:
+    """A finished bake as an exporter reads it (``promptbake export`` builds it from a run directory)."""
+
+    path: Path  # the run directory
+    adapter: Path  # its adapter folder: the student's saved weights and promptbake.json
+    metadata: dict[str, Any]  # promptbake.json: base_model, prompt_sha256, teacher, student, loss, ...
+    settings: dict[str, Any]  # config.json: the settings it was baked with (the prompt as its sha256)
+    heldout: list[Trajectory] = field(default_factory=list)  # held-out trajectories, for measurements
 
 
 @dataclass(frozen=True)

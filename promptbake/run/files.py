@@ -16,6 +16,7 @@
     RUN/answers.jsonl        greedy answers of every side, per held-out query
     RUN/report.html          the report (plots also in RUN/report/)
     RUN/mixture.json         a mixture bake's prompts and weights
+    RUN/export/FORMAT/       the bake exported for a server (export.json says what each holds)
     RUN/.handover.json       rank 0's note to the other processes of a distributed launch
 """
 
@@ -36,6 +37,8 @@ REPORT_PLOTS = "report"
 MIXTURE = "mixture.json"
 HANDOVER = ".handover.json"
 MERGED = "merged"  # techniques: a chain step's adapter merged into its model
+EXPORT = "export"  # RUN/export/FORMAT/: the bake written for a server (stages/export.py)
+EXPORTS = "export.json"  # what each export wrote, how to serve it, what was measured
 
 
 def epoch_adapter(epoch: int) -> str:

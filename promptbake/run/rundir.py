@@ -26,7 +26,7 @@ from . import files
 # runs or reports, not what it computes.
 RUNTIME_KEYS = frozenset({"progress", "overwrite", "resume", "out", "evaluate", "target_cache",
                           "max_heldout", "score_batch_size", "probes", "strengths", "reprompt",
-                          "probe_samples"})
+                          "probe_samples", "export", "export_options"})
 
 
 class RunDir:

@@ -130,7 +130,8 @@ class Baker:
         stage first takes what the run directory already holds whole."""
         cfg = self.config
         self.check()
-        queries, heldout = bake_queries(cfg.queries, cfg.heldout, cfg.max_queries, cfg.max_heldout, cfg.evaluate)
+        queries, heldout = bake_queries(cfg.queries, cfg.heldout, cfg.max_queries, cfg.max_heldout, cfg.evaluate,
+                                        cfg.turns, cfg.seed)
         out, ranks = cfg.out or default_out(), Ranks.from_env()
         if ranks.world > 1:
             capabilities.check_distributed(self.student, cfg)
@@ -140,7 +141,8 @@ class Baker:
             RunDir.check_free(out, cfg.overwrite)
         started, timings = time.perf_counter(), {}
         try:  # everything loads and is checked before the run directory exists
-            self.student.setup(cfg, cfg.epochs * train.steps_per_epoch(len(queries) * cfg.samples_per_query, cfg))
+            n_trajectories = generate.trained_turns(queries, cfg.samples_per_query, cfg.train_turns)
+            self.student.setup(cfg, cfg.epochs * train.steps_per_epoch(n_trajectories, cfg))
             if not ranks.main:
                 return self._train_handed_over(RunDir(out), ranks)
             self.teacher.setup(cfg)

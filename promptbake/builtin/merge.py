@@ -63,6 +63,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
     try:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        portable(tmp, merged)
         write_json(tmp / MERGE_INFO, {
             "base_model": spec, "adapter": str(adapter.resolve()),
             **{k: meta[k] for k in ("prompt_sha256", "prompt", "promptbake_version", "loss") if k in meta},
@@ -75,6 +76,29 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
     finally:
         del merged, base
     return out
+
+
+# tokenizer_config.json's tokenizer_class as transformers 5 writes it, which 4.x (and the llama.cpp
+# converters pinned to it) do not know, and the class both read for a tokenizer.json tokenizer.
+PORTABLE_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable(folder: str | Path, model: Any) -> None:
+    """Make a saved model folder load in any transformers from 4.5x on and in llama.cpp's converter:
+    config.json names its architecture (a config made from a GGUF file has none), and
+    tokenizer_config.json a tokenizer class older versions know."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if not config.get("architectures"):
+        config["architectures"] = [type(model).__name__]
+        write_json(config_path, config)
+    tok_path = folder / "tokenizer_config.json"
+    if tok_path.is_file():
+        tok = json.loads(tok_path.read_text(encoding="utf-8"))
+        if tok.get("tokenizer_class") in PORTABLE_TOKENIZER_CLASS:
+            tok["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS[tok["tokenizer_class"]]
+            write_json(tok_path, tok)
 
 
 def _private_base(spec: str, dtype: str, device: str) -> tuple[Any, Any]:

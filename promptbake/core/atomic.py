@@ -18,14 +18,33 @@ from pathlib import Path
 from typing import Any
 
 
+def file_mode() -> int:
+    """The mode new files get from the process umask (0644 with the usual 022): what ``open`` gives,
+    and what ``tempfile`` (always 0600) does not, so a server running as another user can read them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def readable(folder: str | Path) -> None:
+    """Give every file under ``folder`` the umask's mode (libraries that write through temporary
+    files, safetensors among them, leave 0600)."""
+    mode = file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename into place, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename into place, so readers never see half a file; the file
+    gets the umask's mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -90,8 +109,10 @@ def check_free(path: str | Path, overwrite: bool = False) -> None:
 
 
 def replace_dir(tmp: str | Path, final: str | Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, keeping the old one until the new is in place."""
+    """Move the finished folder ``tmp`` to ``final``, keeping the old one until the new is in place;
+    its files get the umask's mode."""
     tmp, final = Path(tmp), Path(final)
+    readable(tmp)
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)

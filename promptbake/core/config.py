@@ -36,6 +36,10 @@ class BakeConfig:
     heldout: str | None = None  # None: the built-in held-out split
     max_queries: int | None = None
     max_heldout: int | None = None
+    # conversations: grow single queries to this many user turns (follow-ups: "builtin" or "generate")
+    turns: int = 1
+    followups: str = "builtin"
+    train_turns: str = "all"  # in conversations, train every assistant turn ("all") or each one's "last"
     # sampling
     samples_per_query: int = 2
     max_new_tokens: int = 48
@@ -88,7 +92,7 @@ class BakeConfig:
     export: list[str] = field(default_factory=list)
     export_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per format, e.g. {vllm = {max_lora_rank = 32}}
 
-    _POSITIVE = ("samples_per_query", "max_new_tokens", "epochs",
+    _POSITIVE = ("samples_per_query", "max_new_tokens", "epochs", "turns",
                  "batch_size", "grad_accum", "score_batch_size",
                  "generate_batch_size", "checkpoint_every")
 
@@ -153,6 +157,11 @@ class BakeConfig:
         if not isinstance(self.export_options, dict) or not all(isinstance(v, dict) for v in self.export_options.values()):
             raise ConfigError(f"export_options must be a table per format such as {{vllm = {{max_lora_rank = 32}}}}, "
                               f"got {self.export_options!r}.")
+        if self.train_turns not in ("all", "last"):
+            raise ConfigError(f"train_turns must be all or last, got {self.train_turns!r}.")
+        if self.followups not in ("builtin", "generate"):
+            raise ConfigError(f"followups must be builtin (a fixed set of follow-up messages) or generate (written by "
+                              f"the teacher), got {self.followups!r}.")
         if not isinstance(self.generation_config, bool):
             raise ConfigError(f"generation_config must be true or false, got {self.generation_config!r}.")
         if self.resume and self.overwrite:

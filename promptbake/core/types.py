@@ -17,19 +17,28 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Query:
-    """One user conversation to answer, without any system message.
+    """One conversation to answer, without any system message.
 
-    ``messages`` ends with a user turn; earlier turns (if any) are context.
+    ``messages`` ends with a user (or tool) turn. A conversation of several user turns is
+    answered turn by turn by the prompted teacher, each answer becoming the history of the next
+    turn; assistant turns given in the data (tool calls among them) are kept as they are. Tool
+    results (``role: tool``) are context, never trained. ``tools`` are the tool schemas the chat
+    template renders (``apply_chat_template(tools=...)``).
     """
 
     id: str
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     category: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
 
     @property
     def text(self) -> str:
         """The last user message."""
-        return self.messages[-1]["content"]
+        return next((str(m.get("content") or "") for m in reversed(self.messages) if m["role"] == "user"), "")
+
+    @property
+    def user_turns(self) -> int:
+        return sum(m["role"] == "user" for m in self.messages)
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Trajectory:
     response_len: int
     finished: bool = True
     text: str = ""
+    turn: int = 1  # which assistant turn of its conversation this is (1: the first)
 
     @property
     def response_ids(self) -> list[int]:
@@ -78,13 +88,14 @@ class Trajectory:
 
     @property
     def key(self) -> str:
-        return f"{self.query_id}#{self.sample}"
+        return f"{self.query_id}#{self.sample}" + (f"@{self.turn}" if self.turn != 1 else "")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "query_id": self.query_id, "sample": self.sample,
             "prompted_ids": self.prompted_ids, "unprompted_ids": self.unprompted_ids,
             "response_len": self.response_len, "finished": self.finished, "text": self.text,
+            **({"turn": self.turn} if self.turn != 1 else {}),
         }
 
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core import decoding
@@ -131,9 +131,20 @@ def sample_split(teacher: Teacher, renderer: Renderer, queries: Sequence[Query],
     model = config.teacher_model or config.model
 
     def one(r: Renderer, part: Sequence[Query], name: str) -> tuple[list[Trajectory], list[Targets] | None]:
-        store = ChunkStore(run.file(files.GENERATE), name) if run is not None else None
-        return generate(teacher, r, part, sampling, name, store, config.progress,
-                        run.log if run is not None else None, model=model)
+        def rounds(queries: Sequence[Query], at: str, sampled: SamplingConfig) -> tuple[list[Trajectory],
+                                                                                        list[Targets] | None]:
+            store = ChunkStore(run.file(files.GENERATE), at) if run is not None else None
+            return generate(teacher, r, queries, sampled, at, store, config.progress,
+                            run.log if run is not None else None, model=model)
+
+        if all(is_single_turn(q) for q in part):
+            return rounds(part, name, sampling)
+        if not teacher.capabilities.can_score and any(m["role"] == "assistant" for q in part for m in q.messages):
+            raise ConfigError(f"Assistant turns given in the data are trained on the teacher's distribution over them, "
+                              f"which teacher '{teacher.name}' cannot give (it scores no given text); use a teacher "
+                              f"that scores (hf, vllm) or give user turns only.")
+        # Held-out conversations are evaluated on every turn, whatever the bake trains on.
+        return conversations(r, part, sampling, name, rounds, "all" if split == "heldout" else config.train_turns)
 
     if not isinstance(renderer, MixtureRenderer):
         return one(renderer, queries, split)
@@ -158,3 +169,83 @@ def sample_split(teacher: Teacher, renderer: Renderer, queries: Sequence[Query],
             raise ConfigError(f"The teacher's samples for split {split} do not follow the queries' order.")
     out = [t for ts, _ in slots for t in ts]
     return out, ([tg for _, tgs in slots for tg in (tgs or [])] if all_targets else None)
+
+
+def trained_turns(queries: Sequence[Query], n: int, train_turns: str = "all") -> int:
+    """How many trajectories sampling ``n`` per query gives: each conversation's assistant turns
+    (given ones, and one per user or tool turn that the teacher answers), or its last only."""
+    def turns(q: Query) -> int:
+        msgs = q.messages
+        answered = sum(m["role"] in ("user", "tool") and (i + 1 == len(msgs) or msgs[i + 1]["role"] != "assistant")
+                       for i, m in enumerate(msgs))
+        return answered + sum(m["role"] == "assistant" for m in msgs)
+
+    return n * sum(turns(q) if train_turns == "all" else 1 for q in queries)
+
+
+def is_single_turn(query: Query) -> bool:
+    """One user message to answer and nothing else: the plain (and first) case."""
+    return len(query.messages) == 1 and query.messages[0]["role"] == "user"
+
+
+@dataclass
+class _Branch:
+    """One sampled conversation: its query, which of the ``n`` samples it is, and how far it got."""
+
+    query: Query
+    sample: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    pos: int = 0
+    turns: list[tuple[Trajectory, Targets | None]] = field(default_factory=list)
+
+    def at(self) -> Query:
+        q = self.query
+        return Query(id=q.id, messages=tuple(self.history), category=q.category, tools=q.tools)
+
+    def advance(self, renderer: Renderer) -> bool:
+        """Take the data's messages up to the next point where the teacher answers (True), or to the end.
+        An assistant message given in the data is a turn of its own, trained as it is."""
+        msgs = self.query.messages
+        while self.pos < len(msgs):
+            m = msgs[self.pos]
+            self.pos += 1
+            if m["role"] == "assistant":
+                self.add(renderer.given(self.at(), m, self.sample), None, m)
+                continue
+            self.history.append(dict(m))
+            if m["role"] in ("user", "tool") and (self.pos == len(msgs) or msgs[self.pos]["role"] != "assistant"):
+                return True
+        return False
+
+    def add(self, traj: Trajectory, targets: Targets | None, message: dict[str, Any]) -> None:
+        traj.sample, traj.turn = self.sample, len(self.turns) + 1
+        self.turns.append((traj, targets))
+        self.history.append(message)
+
+
+def conversations(renderer: Renderer, queries: Sequence[Query], sampling: SamplingConfig, split: str,
+                  rounds: Any, train_turns: str = "all") -> tuple[list[Trajectory], list[Targets] | None]:
+    """Every assistant turn of each conversation, in order: the prompted teacher answers each user
+    turn with the system prompt present, its answer becoming the history of the next turn
+    (assistant turns given in the data are kept). Round 1 samples ``sampling.n`` answers per query
+    (split ``split``); each later round continues every one of them once (``{split}-t{r}``).
+    ``train_turns``: "all" of them are trained, or only each conversation's "last"."""
+    branches = [_Branch(q, s) for q in queries for s in range(sampling.n)]
+    waiting = [b for b in branches if b.advance(renderer)]
+    r = 0
+    while waiting:
+        r += 1
+        if r == 1:  # the n samples of a query share its first prompt: sampled together, n at a time
+            firsts = [b for b in waiting if b.sample == 0]
+            trajs, targets = rounds([b.at() for b in firsts], split, sampling)
+            place = {id(b.query): i for i, b in enumerate(firsts)}
+            pairs = [(b, place[id(b.query)] * sampling.n + b.sample) for b in waiting]
+        else:
+            trajs, targets = rounds([b.at() for b in waiting], f"{split}-t{r}", replace(sampling, n=1))
+            pairs = list(zip(waiting, range(len(waiting))))
+        for b, i in pairs:
+            b.add(trajs[i], targets[i] if targets is not None else None, {"role": "assistant", "content": trajs[i].text})
+        waiting = [b for b in waiting if b.advance(renderer)]
+    out = [pair for b in branches for pair in (b.turns if train_turns == "all" else b.turns[-1:])]
+    given = all(t is not None for _, t in out)
+    return [t for t, _ in out], ([t for _, t in out] if given and out else None)  # type: ignore[misc]

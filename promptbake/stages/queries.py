@@ -36,6 +36,24 @@ def _split_of(row: dict[str, Any], where: str) -> str | None:
     return name
 
 
+ROLES = ("system", "user", "assistant", "tool")
+KEPT = ("role", "content", "tool_calls", "tool_call_id", "name", "reasoning_content")  # message fields kept
+
+
+def _message(m: Any, where: str) -> dict[str, Any]:
+    """One chat message as the template takes it: text content, or an assistant's ``tool_calls``."""
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise ConfigError(f"{where}: each message needs a role of {', '.join(ROLES)}.")
+    calls = m.get("tool_calls")
+    if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list)
+                              or not all(isinstance(c, dict) for c in calls)):
+        raise ConfigError(f"{where}: tool_calls must be a list of calls on an assistant message.")
+    content = m.get("content")
+    if not isinstance(content, str) and not (calls and content is None):
+        raise ConfigError(f"{where}: each message needs text content (an assistant's tool call may have none).")
+    return {k: m[k] for k in KEPT if k in m}
+
+
 def _query(row: dict[str, Any], where: str, index: int) -> Query:
     if not isinstance(row, dict):
         raise ConfigError(f"{where}: expected a JSON object.")
@@ -43,22 +61,25 @@ def _query(row: dict[str, Any], where: str, index: int) -> Query:
     category = row.get("category")
     if "messages" in row:
         msgs = row["messages"]
-        if (not isinstance(msgs, list) or not msgs
-                or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                           and m.get("role") in ("system", "user", "assistant") for m in msgs)):
+        if not isinstance(msgs, list) or not msgs:
             raise ConfigError(f"{where}: 'messages' must be a non-empty list of "
-                              f"{{'role': system|user|assistant, 'content': text}} objects.")
-        if msgs[-1]["role"] != "user":
-            raise ConfigError(f"{where}: the last message must be a user message.")
-        messages = tuple({"role": m["role"], "content": m["content"]} for m in msgs)
+                              f"{{'role': system|user|assistant|tool, 'content': text}} objects.")
+        messages = tuple(_message(m, where) for m in msgs)
+        if messages[-1]["role"] not in ("user", "tool"):
+            raise ConfigError(f"{where}: the last message must be a user message (or a tool result).")
+        if not any(m["role"] == "user" for m in messages):
+            raise ConfigError(f"{where}: a conversation needs a user message.")
     else:
         key = next((k for k in TEXT_KEYS if k in row), None)
         if key is None or not isinstance(row[key], str):
             raise ConfigError(f"{where}: needs a 'messages', 'prompt' or 'question' field.")
         messages = ({"role": "user", "content": row[key]},)
-    if not messages[-1]["content"].strip():
+    if not str(messages[-1].get("content") or "").strip():
         raise ConfigError(f"{where}: the query text is empty.")
-    return Query(id=qid, messages=messages, category=category)
+    tools = row.get("tools") or ()
+    if not isinstance(tools, list | tuple) or not all(isinstance(t, dict) for t in tools):
+        raise ConfigError(f"{where}: 'tools' must be a list of tool schemas (JSON objects).")
+    return Query(id=qid, messages=messages, category=category, tools=tuple(tools))
 
 
 def builtin_queries(split: str = "train") -> list[Query]:
@@ -96,6 +117,40 @@ def load_queries(source: str | None, split: str = "train", limit: int | None = N
     return unique[:limit] if limit else unique
 
 
+# Follow-ups that fit most conversations, for turns=N with followups="builtin" (a writer model
+# writes conversation-specific ones with followups="generate").
+FOLLOWUPS = (
+    "Can you explain that in more detail?", "Why is that?", "Can you give me an example?",
+    "How would you say that more simply?", "What is the most important part of that?",
+    "Is there anything I should be careful about?", "Can you summarise that in one sentence?",
+    "What would you recommend I do first?", "How does that compare with the alternatives?",
+    "Could you say more about the last point?", "What do most people get wrong about this?",
+    "Thanks! And what should I do next?", "Can you put that as a short list?",
+    "I'm not sure I follow. Can you try again?", "What is a common mistake here?",
+    "How long does that usually take?", "Is that always true?", "What if I only have a few minutes?",
+    "Can you tell me more?", "Why does that matter?",
+)
+
+
+def with_followups(queries: list[Query], turns: int, seed: int) -> list[Query]:
+    """Single-turn queries grown to ``turns`` user turns with follow-ups from :data:`FOLLOWUPS`, each
+    conversation's drawn from ``seed`` and its id (conversations given in the data stay as they are)."""
+    import random
+
+    if turns <= 1:
+        return queries
+    out = []
+    for q in queries:
+        if len(q.messages) != 1:
+            out.append(q)
+            continue
+        rng = random.Random(f"{seed}:{q.id}")
+        extra = rng.sample(FOLLOWUPS, min(turns - 1, len(FOLLOWUPS)))
+        out.append(Query(id=q.id, messages=(*q.messages, *({"role": "user", "content": t} for t in extra)),
+                         category=q.category, tools=q.tools))
+    return out
+
+
 def has_split(source: str | None, split: str) -> bool:
     """Whether the user file ``source`` has rows marked ``split`` in a split column."""
     if source is None or source == BUILTIN:
@@ -105,7 +160,7 @@ def has_split(source: str | None, split: str) -> bool:
 
 def _text(query: Query) -> str:
     """What two queries share when they are the same query: every message, case and spacing aside."""
-    return "\n".join(" ".join(m["content"].split()).casefold() for m in query.messages)
+    return "\n".join(" ".join(str(m.get("content") or "").split()).casefold() for m in query.messages)
 
 
 def check_disjoint(train: list[Query], heldout: list[Query]) -> None:
@@ -119,16 +174,18 @@ def check_disjoint(train: list[Query], heldout: list[Query]) -> None:
 
 
 def bake_queries(queries: str | None, heldout: str | None, max_queries: int | None = None,
-                 max_heldout: int | None = None, evaluate: bool = True) -> tuple[list[Query], list[Query]]:
+                 max_heldout: int | None = None, evaluate: bool = True, turns: int = 1,
+                 seed: int = 0) -> tuple[list[Query], list[Query]]:
     """A bake's training and held-out queries: ``heldout`` when named, else the held-out rows of
-    a ``queries`` file with a split column, else the built-in held-out split; checked disjoint."""
+    a ``queries`` file with a split column, else the built-in held-out split; checked disjoint,
+    then single queries grown to ``turns`` user turns (:func:`with_followups`)."""
     train = load_queries(queries, "train", max_queries)
     if not evaluate:
-        return train, []
+        return with_followups(train, turns, seed), []
     source = heldout if heldout is not None or not has_split(queries, "heldout") else queries
     held = load_queries(source, "heldout", max_heldout)
     check_disjoint(train, held)
-    return train, held
+    return with_followups(train, turns, seed), with_followups(held, turns, seed)
 
 
 def _load_file(path: Path) -> list[tuple[Query, str | None]]:

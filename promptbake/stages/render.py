@@ -21,7 +21,7 @@ from ..core.types import PromptMixture, Query, Trajectory
 _SENTINEL = "PROMPTBAKE-SENTINEL-7f3a"
 
 
-def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], **kwargs: Any) -> list[int]:
+def chat_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kwargs: Any) -> list[int]:
     """Token ids of ``messages`` rendered by the tokenizer's chat template."""
     out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kwargs)
     ids = out["input_ids"]
@@ -67,6 +67,19 @@ def accepts_system(tokenizer: Any, kwargs: dict[str, Any]) -> bool:
     return _SENTINEL in text
 
 
+def accepts_tools(tokenizer: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the template renders the tool schemas it is given."""
+    name = _SENTINEL.replace("-", "_")
+    tool = {"type": "function", "function": {"name": name, "description": "probe",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=[tool], tokenize=False,
+                                             add_generation_prompt=True, **kwargs)
+    except Exception:  # noqa: BLE001 - whatever a template raises
+        return False
+    return name in text
+
+
 class Renderer:
     """Renders queries and responses for one tokenizer and one system prompt.
 
@@ -86,6 +99,7 @@ class Renderer:
         # Without a system role (Gemma-2) the prompt opens the first user message, as Gemma-3's own
         # template does with a system message.
         self.system_role = accepts_system(tokenizer, self.kwargs)
+        self._tools: bool | None = None  # whether the template renders tools, once asked
         self.eot_id = end_of_turn_id(tokenizer, self.kwargs)
         stop = {self.eot_id, *(int(i) for i in eos_ids)}
         if tokenizer.eos_token_id is not None:
@@ -113,7 +127,41 @@ class Renderer:
 
     def prefix(self, query: Query, prompted: bool) -> list[int]:
         """Token ids up to and including the assistant generation prompt."""
-        return chat_ids(self.tokenizer, self.messages(query, prompted), add_generation_prompt=True, **self.kwargs)
+        return chat_ids(self.tokenizer, self.messages(query, prompted), add_generation_prompt=True,
+                        **self._kwargs(query))
+
+    def _kwargs(self, query: Query) -> dict[str, Any]:
+        if query.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in query.messages):
+            self.require_tools()
+            return {**self.kwargs, "tools": list(query.tools) or None}
+        return self.kwargs
+
+    def require_tools(self) -> None:
+        """Refuse a template that cannot render tools (checked once)."""
+        if self._tools is None:
+            self._tools = accepts_tools(self.tokenizer, self.kwargs)
+        if not self._tools:
+            raise ConfigError("The model's chat template does not render tools, so conversations with tool calls "
+                              "or tool results cannot be rendered the way the model expects; use a model whose "
+                              "template takes tools (Llama-3.1, Qwen2.5, Qwen3, Mistral, ...) or drop the tools.")
+
+    def given(self, query: Query, message: dict[str, Any], sample: int = 0) -> Trajectory:
+        """A trajectory whose response is an assistant ``message`` given in the data (a tool call,
+        say) after the conversation ``query``: the tokens the template renders for it, up to and
+        including its end of turn, on both sides."""
+        sides = []
+        for prompted in (True, False):
+            prefix = self.prefix(query, prompted)
+            whole = chat_ids(self.tokenizer, [*self.messages(query, prompted), message], **self._kwargs(query))
+            if whole[: len(prefix)] != prefix:
+                raise AlignmentError(f"Query '{query.id}': the chat template renders the conversation differently "
+                                     f"once the given assistant message is appended, so its tokens cannot be "
+                                     f"trained as a reply to it.")
+            sides.append((prefix, whole[len(prefix):]))
+        if sides[0][1] != sides[1][1]:
+            raise AlignmentError(f"Query '{query.id}': the given assistant message renders differently with and "
+                                 f"without the system prompt.")
+        return self.trajectory(query, sides[0][1], sample, prefixes=(sides[0][0], sides[1][0]))
 
     def trajectory(
         self, query: Query, response_ids: Sequence[int], sample: int = 0,

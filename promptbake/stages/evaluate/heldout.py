@@ -118,22 +118,32 @@ def heldout_metrics(teacher: Teacher, student: Student, trajectories: Sequence[T
     """
     full = reference is None and teacher.capabilities.full_logits
     tallies = {"baked": Tally(full), "base": Tally(full)}
+    turns = sorted({t.turn for t in trajectories})
+    by_turn = {turn: {"baked": Tally(full), "base": Tally(full)} for turn in turns} if len(turns) > 1 else {}
     for lo in progress(range(0, len(trajectories), batch_size), "evaluate", show_progress):
         part = trajectories[lo: lo + batch_size]
         given = reference[lo: lo + batch_size] if reference is not None else \
             teacher.score(part, top_k=None if full else top_k, full=full, side="prompted")
         prompted = BatchTargets.concat(given)
-        positions = response_positions(part)
         for side, strength in (("baked", 1.0), ("base", 0.0)):
-            other = BatchTargets.concat(student.score(part, full=True, strength=strength)).full_logprobs
-            tallies[side].add(prompted, other, positions)
-        del prompted
+            other = student.score(part, full=True, strength=strength)
+            tallies[side].add(prompted, BatchTargets.concat(other).full_logprobs, response_positions(part))
+            for turn, tally in by_turn.items():  # each turn of held-out conversations on its own
+                mine = [i for i, t in enumerate(part) if t.turn == turn]
+                if mine:
+                    tally[side].add(BatchTargets.concat([given[i] for i in mine]),
+                                    BatchTargets.concat([other[i] for i in mine]).full_logprobs)
     if full:
         kind = "full"
     else:
         where = " on the teacher's own samples" if reference is not None else ""
         kind = f"top-{top_k} with tail{where} (a lower bound)"
-    return summary(tallies["base"], tallies["baked"], kind, len(trajectories))
+    out = summary(tallies["base"], tallies["baked"], kind, len(trajectories))
+    if by_turn:
+        out["by_turn"] = {str(turn): {k: v for k, v in summary(t["base"], t["baked"], kind, 0).items()
+                                      if k not in ("kl", "trajectories", "kl_by_position")}
+                          for turn, t in by_turn.items()}
+    return out
 
 
 def response_positions(trajectories: Sequence[Trajectory]) -> list[int]:

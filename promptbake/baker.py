@@ -34,7 +34,7 @@ from .run.rundir import (
     public_config,
     resumed_config,
 )
-from .stages import evaluate, export, generate, score, train
+from .stages import domain_queries, evaluate, export, generate, score, train
 from .stages.onpolicy import OnPolicySampler
 from .stages.queries import bake_queries
 from .stages.render import Renderer, make_renderer
@@ -130,8 +130,8 @@ class Baker:
         stage first takes what the run directory already holds whole."""
         cfg = self.config
         self.check()
-        queries, heldout = bake_queries(cfg.queries, cfg.heldout, cfg.max_queries, cfg.max_heldout, cfg.evaluate,
-                                        cfg.turns, cfg.seed)
+        written = domain_queries.count_of(cfg.queries)  # queries = "generate:N": the teacher writes them below
+        queries, heldout = ([], []) if written else bake_queries(cfg)
         out, ranks = cfg.out or default_out(), Ranks.from_env()
         if ranks.world > 1:
             capabilities.check_distributed(self.student, cfg)
@@ -141,8 +141,8 @@ class Baker:
             RunDir.check_free(out, cfg.overwrite)
         started, timings = time.perf_counter(), {}
         try:  # everything loads and is checked before the run directory exists
-            n_trajectories = generate.trained_turns(queries, cfg.samples_per_query, cfg.train_turns)
-            self.student.setup(cfg, cfg.epochs * train.steps_per_epoch(n_trajectories, cfg))
+            planned = generate.planned_trajectories(queries, cfg, written)
+            self.student.setup(cfg, cfg.epochs * train.steps_per_epoch(planned, cfg))
             if not ranks.main:
                 return self._train_handed_over(RunDir(out), ranks)
             self.teacher.setup(cfg)
@@ -159,7 +159,9 @@ class Baker:
                 run.log({"stage": "resume"})
             else:
                 write_json(run.file(files.CONFIG), public_config(cfg))
-
+            if written:
+                self.config = cfg = domain_queries.generated(cfg, self.teacher, renderer, run.path)
+                queries, heldout = bake_queries(cfg)
             with timed(timings, "generate_s"):
                 logprobs = generate.sample_logprobs(self.teacher, kind, cfg)
                 trajectories, sample_targets = generate.sample_split(

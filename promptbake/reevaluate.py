@@ -49,8 +49,7 @@ def evaluate_run(run_dir: str | Path, prompt: str | PromptMixture | None = None,
         teacher.setup(cfg)
         teacher.use_student_tokenizer(student.tokenizer)
         renderer = baker.make_renderer(cfg.length_limit(student.context_length))
-        heldout = bake_queries(cfg.queries, cfg.heldout, cfg.max_queries, cfg.max_heldout, True, cfg.turns,
-                               cfg.seed)[1]
+        heldout = bake_queries(cfg, evaluate=True)[1]
         if isinstance(renderer, MixtureRenderer):  # each held-out query under the prompt it was baked with
             renderer.assign(heldout, cfg.seed, "heldout")
         old = run.file(files.EVAL)

@@ -98,7 +98,7 @@ def test_bad_models_leave_no_run_directory(tmp_path):
 
 
 def test_set_dotted_keys_fill_option_tables(tmp_path):
-    from promptbake.cli import _parse_set
+    from promptbake.cli.base import _parse_set
     from promptbake.core.config import BakeConfig
     from promptbake.core.errors import ConfigError
 

@@ -159,3 +159,13 @@ def test_conversation_rows_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="tool_calls must be a list of calls on an assistant message"):
         load_queries(str(path))
 
+
+
+def test_probes_are_scored_per_turn_on_each_sides_own_answers(tmp_path, tiny_model, bake_settings):
+    spec = tiny_model()
+    result = Baker(PROMPT, model=spec, turns=2, probes=["max_length=40"], **bake_settings).run()
+    assert set(result.eval["probes_by_turn"]) == {"1", "2"}
+    rows = [json.loads(line) for line in (result.run_dir / "answers.jsonl").read_text().splitlines()]
+    assert sorted({r["turn"] for r in rows}) == [1, 2]
+    assert all({"base", "prompted", "baked"} <= set(r) for r in rows)
+    assert len(rows) == 2 * bake_settings["max_heldout"]

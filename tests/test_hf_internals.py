@@ -12,6 +12,10 @@ from helpers import make_tiny_llama, make_tokenizer
 from promptbake.builtin import hf_internals
 
 
+# transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40).
+NEW_NAME = tuple(int(x) for x in __import__("transformers").__version__.split(".")[:2]) >= (5, 24)
+
+
 @pytest.fixture(scope="module")
 def model():
     return make_tiny_llama(make_tokenizer("smollm2"))
@@ -24,7 +28,8 @@ def test_the_cache_goes_in_and_comes_out_under_its_current_name(model):
         out = model(input_ids=ids, use_cache=True)
         cache = hf_internals.output_cache(out)
         more = model(input_ids=torch.tensor([[9]]), **hf_internals.with_cache(model, cache), use_cache=True)
-    assert hf_internals.cache_kwarg(model) == "cache"  # transformers >= 5.24
+    if NEW_NAME:
+        assert hf_internals.cache_kwarg(model) == "cache"  # transformers >= 5.24 renamed it
     keys, values = hf_internals.cache_layer(cache, 0)
     assert keys.shape[2] == values.shape[2] == 5  # the cache was extended in place, not ignored
     assert len(hf_internals.cache_layers(cache)) == model.config.num_hidden_layers
@@ -70,6 +75,8 @@ def test_the_gguf_loader_bar_and_quantizer_are_where_they_were(model):
 
 def test_a_deprecated_call_from_promptbake_fails_its_test(model, monkeypatch):
     """The suite's guard (tests/deprecations.py) sees a deprecation that promptbake's own call raises."""
+    if not NEW_NAME:
+        pytest.skip("past_key_values is deprecated from transformers 5.24 on: nothing to see before")
     import deprecations
 
     from promptbake.builtin import scoring

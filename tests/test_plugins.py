@@ -195,8 +195,9 @@ def test_every_hook_is_exercised_by_a_test():
 
     from promptbake.core import hookspecs
 
-    # The probe hook's plugin test lives with the probes.
-    source = Path(__file__).read_text() + (Path(__file__).parent / "test_probes.py").read_text()
+    # The probe and exporter hooks' plugin tests live with the probes and the exports.
+    here = Path(__file__).parent
+    source = "".join((here / name).read_text() for name in ("test_plugins.py", "test_probes.py", "test_export.py"))
     hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
     assert hooks
     for name in hooks:

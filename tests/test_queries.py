@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from promptbake import BakeConfig
 from promptbake.core.errors import ConfigError
 from promptbake.stages.queries import builtin_queries, load_queries
 
@@ -107,6 +108,6 @@ def test_a_split_column_is_honoured_and_overlaps_are_refused(tmp_path, tiny_mode
 def test_the_builtin_splits_are_disjoint():
     from promptbake.stages.queries import bake_queries, check_disjoint
 
-    train, held = bake_queries(None, None)
+    train, held = bake_queries(BakeConfig())
     check_disjoint(train, held)
     assert len(train) == 152 and len(held) == 48

@@ -171,6 +171,14 @@ def sample_split(teacher: Teacher, renderer: Renderer, queries: Sequence[Query],
     return out, ([tg for _, tgs in slots for tg in (tgs or [])] if all_targets else None)
 
 
+def planned_trajectories(queries: Sequence[Query], config: BakeConfig, written: int | None = None) -> int:
+    """How many trajectories a bake trains on (its LR schedule's length): of ``queries``, or of
+    ``written`` single queries still to be written (``queries = "generate:N"``)."""
+    if written:
+        return written * config.samples_per_query * (config.turns if config.train_turns == "all" else 1)
+    return trained_turns(queries, config.samples_per_query, config.train_turns)
+
+
 def trained_turns(queries: Sequence[Query], n: int, train_turns: str = "all") -> int:
     """How many trajectories sampling ``n`` per query gives: each conversation's assistant turns
     (given ones, and one per user or tool turn that the teacher answers), or its last only."""

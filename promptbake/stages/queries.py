@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..core.config import BakeConfig
 from ..core.errors import ConfigError
 from ..core.types import Query
 
@@ -173,19 +174,18 @@ def check_disjoint(train: list[Query], heldout: list[Query]) -> None:
                           f"on, so remove them from one of the sets.")
 
 
-def bake_queries(queries: str | None, heldout: str | None, max_queries: int | None = None,
-                 max_heldout: int | None = None, evaluate: bool = True, turns: int = 1,
-                 seed: int = 0) -> tuple[list[Query], list[Query]]:
+def bake_queries(config: BakeConfig, evaluate: bool | None = None) -> tuple[list[Query], list[Query]]:
     """A bake's training and held-out queries: ``heldout`` when named, else the held-out rows of
     a ``queries`` file with a split column, else the built-in held-out split; checked disjoint,
     then single queries grown to ``turns`` user turns (:func:`with_followups`)."""
-    train = load_queries(queries, "train", max_queries)
-    if not evaluate:
-        return with_followups(train, turns, seed), []
-    source = heldout if heldout is not None or not has_split(queries, "heldout") else queries
-    held = load_queries(source, "heldout", max_heldout)
+    c = config
+    train = with_followups(load_queries(c.queries, "train", c.max_queries), c.turns, c.seed)
+    if not (c.evaluate if evaluate is None else evaluate):
+        return train, []
+    source = c.heldout if c.heldout is not None or not has_split(c.queries, "heldout") else c.queries
+    held = load_queries(source, "heldout", c.max_heldout)
     check_disjoint(train, held)
-    return with_followups(train, turns, seed), with_followups(held, turns, seed)
+    return train, with_followups(held, c.turns, c.seed)
 
 
 def _load_file(path: Path) -> list[tuple[Query, str | None]]:

@@ -26,7 +26,7 @@ from . import behaviour
 from .heldout import evaluate_heldout
 
 # The keys of eval.json that behaviour_metrics writes.
-BEHAVIOUR_KEYS = ("answers", "probes", "probes_sampled", "probe_samples", "on_policy", "strengths", "epochs")
+BEHAVIOUR_KEYS = ("answers", "probes", "probes_by_turn", "probes_sampled", "probe_samples", "on_policy", "strengths", "epochs")
 
 
 def evaluate(teacher: Teacher, student: Student, renderer: Renderer, held: Sequence[Trajectory],
@@ -75,17 +75,24 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
     out: dict[str, Any] = {"answers": stats}
     if probes:
         out["probes"] = behaviour.probe_scores(probes, rows, names, loglik)
+        turns = sorted({r["turn"] for r in rows if "turn" in r})
+        if len(turns) > 1:  # conversations: each turn's answers on their own
+            out["probes_by_turn"] = {str(t): behaviour.probe_scores(probes, [r for r in rows if r["turn"] == t],
+                                                                    names, loglik) for t in turns}
     sampling = decoding.bake_sampling(config, renderer.stop_ids, sides.extras, seed=config.seed + 1)
     text_probes = [p for p in probes if not p.needs_model]
     drawn: dict[str, list[list[Any]]] = {}
-    if text_probes and config.probe_samples:
+    # Sampled answers and the on-policy gap answer one last turn; conversations get the greedy
+    # turn-by-turn answers above and the held-out KL per turn.
+    single = all(q.user_turns <= 1 for q in queries)
+    if text_probes and config.probe_samples and single:
         # Sampled answers at the bake's temperature; the on-policy gap reuses the first of each.
         many = replace(sampling, n=config.probe_samples)
         drawn = {side: sides.sample_groups(side, queries, many) for side in behaviour.SIDES}
         out["probes_sampled"] = behaviour.sampled_probe_scores(text_probes, sides, queries, drawn)
         out["probe_samples"] = config.probe_samples
     gap = behaviour.on_policy(sides, queries, sampling, config.top_k, config.score_batch_size,
-                              {side: [g[0] for g in groups] for side, groups in drawn.items()})
+                              {side: [g[0] for g in groups] for side, groups in drawn.items()}) if single else None
     if gap is not None:
         out["on_policy"] = gap
     if text_probes and config.strengths and student.capabilities.adapters:

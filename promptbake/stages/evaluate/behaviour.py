@@ -90,17 +90,57 @@ def answer_stats(samples: Sequence[Sample], stop_ids: Sequence[int]) -> dict[str
 
 
 def answers(sides: Sides, queries: Sequence[Query], names: Sequence[str] = SIDES,
-            strength: float = 1.0) -> tuple[list[dict[str, str]], dict[str, dict[str, float]]]:
-    """Greedy answers of each side: rows ``{query_id, question, <side>: text}`` and per-side statistics."""
+            strength: float = 1.0) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Greedy answers of each side: rows ``{query_id, question, <side>: text}`` and per-side statistics.
+
+    A conversation of several user turns is answered turn by turn, each side with its own earlier
+    answers as the history, one row per turn (with ``turn``)."""
+    if all(q.user_turns <= 1 for q in queries):
+        sampling = sides.greedy()
+        rows: list[dict[str, Any]] = [{"query_id": q.id, "question": q.text} for q in queries]
+        stats: dict[str, dict[str, float]] = {}
+        for name in names:
+            got = sides.sample(name, queries, sampling, strength)
+            for row, sample in zip(rows, got):
+                row[name] = sides.text(sample)
+            stats[name] = answer_stats(got, sides.renderer.stop_ids)
+        return rows, stats
+    return _conversation_answers(sides, queries, names, strength)
+
+
+def _conversation_answers(sides: Sides, queries: Sequence[Query], names: Sequence[str],
+                          strength: float) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     sampling = sides.greedy()
-    rows = [{"query_id": q.id, "question": q.text} for q in queries]
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
     stats: dict[str, dict[str, float]] = {}
     for name in names:
-        got = sides.sample(name, queries, sampling, strength)
-        for row, sample in zip(rows, got):
-            row[name] = sides.text(sample)
-        stats[name] = answer_stats(got, sides.renderer.stop_ids)
-    return rows, stats
+        state = [(q, [], 0) for q in queries]  # (query, this side's history, next data message)
+        drawn: list[Sample] = []
+        turn = 0
+        while True:
+            turn += 1
+            asking = []
+            for i, (q, history, pos) in enumerate(state):
+                while pos < len(q.messages):
+                    m = q.messages[pos]
+                    pos += 1
+                    history.append(dict(m))
+                    if m["role"] == "user" and (pos == len(q.messages) or q.messages[pos]["role"] != "assistant"):
+                        asking.append(i)
+                        break
+                state[i] = (q, history, pos)
+            if not asking:
+                break
+            asked = [Query(id=state[i][0].id, messages=tuple(state[i][1]), tools=state[i][0].tools) for i in asking]
+            for i, sample in zip(asking, sides.sample(name, asked, sampling, strength)):
+                text = sides.text(sample)
+                q, history, _ = state[i]
+                row = rows.setdefault((q.id, turn), {"query_id": q.id, "turn": turn, "question": history[-1]["content"]})
+                row[name] = text
+                history.append({"role": "assistant", "content": text})
+                drawn.append(sample)
+        stats[name] = answer_stats(drawn, sides.renderer.stop_ids)
+    return sorted(rows.values(), key=lambda r: (r["turn"], r["query_id"])), stats
 
 
 def loglik_for(sides: Sides) -> Callable[[str, str, str], float]:

@@ -7,7 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from promptbake import Baker, ConfigError, Sample, SamplingConfig, Teacher, TeacherCapabilities
+from promptbake import (
+    Baker,
+    ConfigError,
+    Sample,
+    SamplingConfig,
+    Teacher,
+    TeacherCapabilities,
+)
 from promptbake.cli import cli
 from promptbake.stages import domain_queries as dq
 from promptbake.stages.render import Renderer

@@ -11,7 +11,6 @@ from helpers import make_tiny_llama, make_tokenizer
 
 from promptbake.builtin import hf_internals
 
-
 # transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40).
 NEW_NAME = tuple(int(x) for x in __import__("transformers").__version__.split(".")[:2]) >= (5, 24)
 

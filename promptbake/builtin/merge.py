@@ -51,8 +51,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
                           f"into the model; only LoRA adapters merge.")
     check_free(out, overwrite)
 
-    base, tokenizer = _private_base(spec, dtype, device)
-    _drop_quantizer(base, spec)
+    base, tokenizer = private_base(spec, dtype, device)
     with models.quiet_peft():
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.eval()
@@ -101,7 +100,15 @@ def portable(folder: str | Path, model: Any) -> None:
             write_json(tok_path, tok)
 
 
-def _private_base(spec: str, dtype: str, device: str) -> tuple[Any, Any]:
+def private_base(spec: str, dtype: str, device: str) -> tuple[Any, Any]:
+    """A copy of the base model that nothing else uses, ready to take an adapter's weights, and
+    its tokenizer (a GGUF-loaded model is marked an ordinary one: see :func:`_drop_quantizer`)."""
+    base, tokenizer = _unshared_base(spec, dtype, device)
+    _drop_quantizer(base, spec)
+    return base, tokenizer
+
+
+def _unshared_base(spec: str, dtype: str, device: str) -> tuple[Any, Any]:
     """A copy of the base model that nothing else uses, and its tokenizer.
 
     A cached handle (shared with teachers and students of this process) is

@@ -42,7 +42,11 @@ def queries(prompt: str, count: int, out: str, heldout: int, examples: str | Non
     teacher.check(config)
     teacher.setup(config)
     try:
-        tokenizer = teacher.tokenizer or load_tokenizer(config.teacher_model or config.model)
+        # A served writer (openai) has no tokenizer of its own: it reads the model's, as in a bake.
+        tokenizer = teacher.tokenizer
+        if tokenizer is None:
+            tokenizer = load_tokenizer(config.model)
+            teacher.use_student_tokenizer(tokenizer)
         renderer = Renderer(tokenizer, "", 10**6)
         rows, measured = domain_queries.write_queries(
             teacher, renderer, config.prompt, count, heldout=heldout, examples=seeds, followups=followups, seed=seed,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from openai_fakeapi import FakeChatAPI
@@ -36,13 +39,13 @@ def test_a_hosted_writer_writes_queries_from_the_messages_it_is_sent(tiny_model,
 
 @pytest.mark.slow
 def test_the_llama_cpp_server_writes_queries_from_the_command_line(llama_server, tmp_path):
-    from click.testing import CliRunner
-
-    from promptbake.cli import cli
-
+    """From the installed entry point with the plugin allowed, as a user runs it (the suite loads no plugins)."""
     out = tmp_path / "q.jsonl"
-    got = CliRunner().invoke(cli, ["queries", "-p", GARDEN, "-n", "4", "--heldout", "2", "-o", str(out), "--quiet",
-                                   "--writer", "openai", "-s", f"teacher_options.base_url={llama_server}",
-                                   "-s", "teacher_model=smollm2"])
-    assert got.exit_code == 0, got.output
-    assert len(out.read_text().splitlines()) == 6 and json.loads(out.read_text().splitlines()[0])["writer"] == "openai"
+    env = {**os.environ, "PROMPTBAKE_LOAD_PLUGINS": "openai"}
+    got = subprocess.run([sys.executable, "-m", "promptbake", "queries", "-p", GARDEN, "-n", "4", "--heldout", "2",
+                          "-o", str(out), "--quiet", "--writer", "openai",
+                          "-s", f"teacher_options.base_url={llama_server}", "-s", "teacher_model=smollm2"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    assert got.returncode == 0, got.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["writer"] == "openai"

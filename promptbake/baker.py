@@ -25,7 +25,7 @@ from .core.probes import parse_probes
 from .core.progress import timed
 from .core.types import PromptMixture
 from .run import files
-from .run.distributed import Ranks
+from .run.distributed import DDP_TIMEOUT, Ranks
 from .run.rundir import (
     RunDir,
     adapter_metadata,
@@ -142,9 +142,9 @@ class Baker:
         started, timings = time.perf_counter(), {}
         try:  # everything loads and is checked before the run directory exists
             planned = generate.planned_trajectories(queries, cfg, written)
+            # Every process sets up both sides and does its share of the teacher's work.
+            ranks.start(float(cfg.student_options.get("ddp_timeout", DDP_TIMEOUT)))  # a Trainer's, where given
             self.student.setup(cfg, cfg.epochs * train.steps_per_epoch(planned, cfg))
-            if not ranks.main:
-                return self._train_handed_over(RunDir(out), ranks)
             self.teacher.setup(cfg)
             self.teacher.use_student_tokenizer(self.student.tokenizer)
             self.settle_default_loss()
@@ -154,31 +154,34 @@ class Baker:
             capabilities.check_sampling_extras(self.teacher, extras)
             renderer = self.make_renderer(cfg.length_limit(self.student.context_length))
             kind = score.target_kind(self.teacher, self.student, self.loss)
-            run = RunDir(out) if cfg.resume else RunDir.create(out, overwrite=cfg.overwrite)
-            if cfg.resume:
+            run = RunDir.create(out, overwrite=cfg.overwrite) if ranks.main and not cfg.resume else RunDir(out)
+            if ranks.main and cfg.resume:
                 run.log({"stage": "resume"})
-            else:
+            elif ranks.main:
                 write_json(run.file(files.CONFIG), public_config(cfg))
+            ranks.gather(None)  # rank 0 made the run directory: now every process writes to it
             if written:
-                self.config = cfg = domain_queries.generated(cfg, self.teacher, renderer, run.path)
+                self.config = cfg = domain_queries.generated(cfg, self.teacher, renderer, run.path, ranks)
                 queries, heldout = bake_queries(cfg)
             with timed(timings, "generate_s"):
                 logprobs = generate.sample_logprobs(self.teacher, kind, cfg)
                 trajectories, sample_targets = generate.sample_split(
-                    self.teacher, renderer, queries, cfg.samples_per_query, cfg, extras, run, "train", logprobs)
+                    self.teacher, renderer, queries, cfg.samples_per_query, cfg, extras, run, "train", logprobs, ranks)
                 held, held_targets = generate.sample_split(self.teacher, renderer, heldout, 1, cfg, extras, run,
-                                                           "heldout", logprobs) if heldout else ([], None)
-                run.write_trajectories(trajectories)
-                run.write_trajectories(held, files.HELDOUT)
+                                                           "heldout", logprobs, ranks) if heldout else ([], None)
+                if ranks.main:
+                    run.write_trajectories(trajectories)
+                    run.write_trajectories(held, files.HELDOUT)
             with timed(timings, "score_s"):
-                targets = score.score(self.teacher, trajectories, kind, cfg, run, sample_targets)
-            ranks.hand_over(run.path, {"kind": kind, "loss": cfg.loss})
+                targets = score.score(self.teacher, trajectories, kind, cfg, run, sample_targets, ranks)
             with timed(timings, "train_s"):
                 on_policy = OnPolicySampler(self.teacher, self.student, renderer, queries, cfg,
                                             run.file(files.ON_POLICY), kind) if cfg.on_policy > 0 else None
                 trained = train.train(self.student, self.loss, trajectories, targets, cfg, run,
                                       score.bake_key(cfg, self.teacher, kind, trajectories),
                                       on_policy=on_policy, metadata=self.metadata)
+            if not ranks.main:  # rank 0 saves, evaluates and reports
+                return BakeResult(run_dir=run.path, adapter_path=run.file(files.ADAPTER), main=False)
             adapter = train.save_adapter(self.student, run.file(files.ADAPTER), self.metadata())
             result = BakeResult(run_dir=run.path, adapter_path=adapter)
             if cfg.evaluate and held:
@@ -201,15 +204,6 @@ class Baker:
             return result
         finally:
             self.close()
-
-    def _train_handed_over(self, run: RunDir, ranks: Ranks) -> BakeResult:
-        """Another process of a distributed launch: train on what rank 0 sampled and scored."""
-        info = ranks.wait(run.path)
-        if info.get("loss") not in (None, self.config.loss):  # rank 0 settled the default loss
-            self.config = replace(self.config, loss=info["loss"])
-            self.loss = self._make_loss()
-        train.train_handed_over(self.teacher, self.student, self.loss, self.config, run, ranks.rank, info["kind"])
-        return BakeResult(run_dir=run.path, adapter_path=run.file(files.ADAPTER), main=False)
 
     def metadata(self) -> dict[str, Any]:
         """What promptbake.json holds next to the adapter."""

@@ -89,6 +89,23 @@ def test_the_last_epoch_adapter_is_the_final_adapter(baked):
     assert any(not torch.equal(first[k], final[k]) for k in final)
 
 
+def test_the_epoch_curve_answers_again_only_with_adapters_other_than_the_final_one(baked, monkeypatch):
+    """The last epoch's adapter is the final one: its point on the curve is the baked side's greedy
+    answers, not a second round of the same generation."""
+    from promptbake.builtin.peft import PeftStudent
+
+    _, result = baked
+    loaded = []
+    original = PeftStudent.load_adapter
+    monkeypatch.setattr(PeftStudent, "load_adapter", lambda self, path: (loaded.append(path), original(self, path)))
+    metrics = evaluate_run(result.run_dir, PROMPT, probes=["max_length=6"], strengths=[], progress=False,
+                           report=False)
+    final, first = str(result.adapter_path), str(epoch_adapters(result.run_dir)[0][1])
+    assert loaded == [final, first, final]  # the run's adapter; epoch 1 for the curve; the final one back
+    last = metrics["epochs"][-1]
+    assert last["epoch"] == SETTINGS["epochs"] and last["probes"] == {"max_length=6": metrics["probes"]["max_length=6"]["baked"]}
+
+
 def test_eval_measures_a_finished_run_again(baked):
     _, result = baked
     before = json.loads((result.run_dir / "answers.jsonl").read_text().splitlines()[0])

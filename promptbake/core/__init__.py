@@ -13,6 +13,7 @@ from .atomic import write_json, write_text
 from .batching import batches
 from .config import BakeConfig
 from .decoding import EXTRAS as SAMPLING_EXTRAS
+from .endpoints import Endpoint, EndpointDown, EndpointPool, endpoint_urls
 from .errors import (
     AlignmentError,
     BackendError,
@@ -70,6 +71,9 @@ __all__ = [
     "CapabilityError",
     "ConfigError",
     "DuplicateBackendError",
+    "Endpoint",
+    "EndpointDown",
+    "EndpointPool",
     "ExportResult",
     "Exporter",
     "LogLik",
@@ -95,6 +99,7 @@ __all__ = [
     "backend_names",
     "batches",
     "counter",
+    "endpoint_urls",
     "hookimpl",
     "http_failure",
     "load_plugins",

@@ -109,6 +109,10 @@ class BakeConfig:
             setattr(self, key, None)
         self.validate()
 
+    def checkpoint_due(self, step: int, total: int) -> bool:
+        """Whether a checkpoint is written after optimizer step ``step`` of ``total``."""
+        return step % self.checkpoint_every == 0 or step == total
+
     def length_limit(self, context: int | None) -> int:
         """Tokens allowed per rendering for a model with ``context`` positions (None: unknown)."""
         if self.max_length is None:

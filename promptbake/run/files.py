@@ -17,7 +17,6 @@
     RUN/report.html          the report (plots also in RUN/report/)
     RUN/mixture.json         a mixture bake's prompts and weights
     RUN/export/FORMAT/       the bake exported for a server (export.json says what each holds)
-    RUN/.handover.json       rank 0's note to the other processes of a distributed launch
 """
 
 CONFIG = "config.json"
@@ -35,7 +34,6 @@ ANSWERS = "answers.jsonl"
 REPORT = "report.html"
 REPORT_PLOTS = "report"
 MIXTURE = "mixture.json"
-HANDOVER = ".handover.json"
 MERGED = "merged"  # techniques: a chain step's adapter merged into its model
 EXPORT = "export"  # RUN/export/FORMAT/: the bake written for a server (stages/export.py)
 EXPORTS = "export.json"  # what each export wrote, how to serve it, what was measured

@@ -28,6 +28,7 @@ from ..core.errors import ConfigError
 from ..core.interfaces import SamplingConfig, Teacher
 from ..core.progress import counter
 from ..core.types import Prefix, Query
+from ..run.distributed import Ranks
 from .render import Renderer
 
 # Worded for the smallest writers too: asked as the assistant itself, with its instructions as the
@@ -164,21 +165,26 @@ def count_of(source: str | None) -> int | None:
     return int(raw)
 
 
-def generated(config: BakeConfig, writer: Teacher, renderer: Renderer, folder: str | Path) -> BakeConfig:
+def generated(config: BakeConfig, writer: Teacher, renderer: Renderer, folder: str | Path,
+              ranks: Ranks | None = None) -> BakeConfig:
     """A bake's settings with ``queries = "generate:N"`` resolved to a file of N training queries
     (and held-out ones, max_heldout or 48, unless ``heldout`` names a file) written by ``writer`` into
-    ``folder``; a resumed bake reads the file it wrote."""
+    ``folder``; a resumed bake reads the file it wrote. Under a distributed launch (``ranks``)
+    rank 0 writes them (the near-duplicates are removed over the whole set) while the others
+    wait, then every process reads the file."""
     from dataclasses import replace
 
     n = count_of(config.queries)
     assert n is not None
     path = Path(folder) / FILE
-    if not (config.resume and path.is_file()):
+    ranks = ranks or Ranks()
+    if ranks.main and not (config.resume and path.is_file()):
         held = 0 if config.heldout is not None or not config.evaluate else (config.max_heldout or 48)
         rows, measured = write_queries(writer, renderer, prompt_text(config), n, heldout=held, seed=config.seed,
                                        model=config.teacher_model or config.model, show_progress=config.progress)
         save(rows, path)
         write_text(Path(folder) / "queries-measured.json", json.dumps(measured, indent=2) + "\n")
+    ranks.gather(None)  # the file is whole for every process
     return replace(config, queries=str(path))
 
 

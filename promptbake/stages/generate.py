@@ -5,7 +5,8 @@ from (bake seed, split, c), so a chunk's samples do not depend on which chunks
 ran before it in this process. Each finished chunk is written atomically to
 ``RUN/generate/`` under a key over everything that determines it; a bake that
 stops half-way and is resumed reads the finished chunks back and samples only
-the rest, and the result equals an uninterrupted run's.
+the rest, and the result equals an uninterrupted run's. Under a distributed launch rank
+``c % world`` samples chunk ``c`` and every rank reads the rest (run/distributed.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..core.progress import counter
 from ..core.types import Prefix, Query, Targets, Trajectory
 from ..run import files
 from ..run.chunks import ChunkStore
+from ..run.distributed import Ranks
 from ..run.rundir import RunDir
 from .render import MixtureRenderer, Renderer
 
@@ -51,37 +53,58 @@ def chunk_key(teacher: Teacher, model: str, sampling: SamplingConfig, prefixes: 
 
 def generate(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], sampling: SamplingConfig,
              split: str, store: ChunkStore | None = None, show_progress: bool = True,
-             log: Any = None, model: str = "") -> tuple[list[Trajectory], list[Targets] | None]:
+             log: Any = None, model: str = "", ranks: Ranks | None = None) -> tuple[list[Trajectory],
+                                                                                  list[Targets] | None]:
     """Trajectories (``sampling.n`` per query) and, when every sample carried them, their targets.
 
     ``sampling.seed`` is the bake's seed; each chunk samples with :func:`chunk_seed`.
     Chunks found whole in ``store`` under the same key (teacher, ``model``, sampling and
-    prompts) are read instead of sampled.
+    prompts) are read instead of sampled. Under a distributed launch (``ranks``) this process
+    makes only its chunks (:meth:`Ranks.mine`) and reads the others' from ``store`` once every
+    process has written its own; every process returns the whole, in chunk order.
     """
-    trajectories: list[Trajectory] = []
-    targets: list[Targets] = []
-    reused = 0
-    base_seed = sampling.seed
+    ranks = ranks or Ranks()
+    got: dict[int, tuple[list[Trajectory], list[Targets] | None]] = {}
+    keys: dict[int, str] = {}
+    reused: list[int] = []
     with counter(len(queries), f"generate ({split})", show_progress, unit="query") as bar:
         for c, part in enumerate(batches(list(queries), CHUNK_QUERIES)):
             rendered = [(renderer.prefix(q, True), renderer.prefix(q, False)) for q in part]
             prefixes = [Prefix(ids=p, messages=tuple(renderer.messages(q, True))) for q, (p, _) in zip(part, rendered)]
-            chunk_sampling = replace(sampling, seed=chunk_seed(base_seed, split, c))
-            key = chunk_key(teacher, model, chunk_sampling, prefixes, len(part))
-            got = store.read(c, key) if store is not None else None
-            if got is not None:
-                reused += 1
+            chunk_sampling = replace(sampling, seed=chunk_seed(sampling.seed, split, c))
+            keys[c] = key = chunk_key(teacher, model, chunk_sampling, prefixes, len(part))
+            if not ranks.mine(c):
+                continue
+            found = store.read(c, key) if store is not None else None
+            if found is not None:
+                reused.append(c)
             else:
-                got = _sample(teacher, renderer, part, rendered, prefixes, chunk_sampling)
+                found = _sample(teacher, renderer, part, rendered, prefixes, chunk_sampling)
                 if store is not None:
-                    store.write(c, key, *got)
-            trajectories.extend(got[0])
-            if got[1] is not None:
-                targets.extend(got[1])
+                    store.write(c, key, *found)
+            got[c] = found
             bar.update(len(part))
-    if log is not None and reused:
-        log({"stage": "generate", "split": split, "chunks_reused": reused})
+    record: dict[str, Any] = {"chunks_reused": len(reused)} if reused else {}
+    if ranks.world > 1:
+        assert store is not None, "a distributed generate hands its chunks over through the run directory"
+        done = ranks.gather({"sampled": sorted(set(got) - set(reused)), "reused": len(reused)})
+        for c in sorted(set(keys) - set(got)):  # the others' chunks, all written before the gather
+            got[c] = _written(store, c, keys[c], f"chunk {c} of split {split}", ranks)
+        record = {"chunks_reused": sum(d["reused"] for d in done), "sampled_by_rank": [d["sampled"] for d in done]}
+    if log is not None and record:
+        log({"stage": "generate", "split": split, **record})
+    trajectories = [t for c in sorted(got) for t in got[c][0]]
+    targets = [t for c in sorted(got) for t in (got[c][1] or [])]
     return trajectories, (targets if trajectories and len(targets) == len(trajectories) else None)
+
+
+def _written(store: ChunkStore, c: int, key: str, what: str, ranks: Ranks) -> tuple[list[Trajectory],
+                                                                                   list[Targets] | None]:
+    found = store.read(c, key)
+    if found is None:
+        raise ConfigError(f"Rank {ranks.rank} found no {what} in {store.folder} after rank {c % ranks.world} "
+                          f"wrote it; --out must be on a file system that every process shares.")
+    return found
 
 
 def _sample(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], rendered: Sequence[tuple[list[int], list[int]]],
@@ -119,23 +142,27 @@ def sample_logprobs(teacher: Teacher, kind: str, config: BakeConfig) -> int | No
 
 def sample_split(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], n: int, config: BakeConfig,
                  extras: dict[str, Any], run: RunDir | None = None, split: str = "train",
-                 logprobs: int | None = None) -> tuple[list[Trajectory], list[Targets] | None]:
+                 logprobs: int | None = None, ranks: Ranks | None = None) -> tuple[list[Trajectory],
+                                                                                   list[Targets] | None]:
     """The stage for one split: ``n`` samples per query at the bake's sampling settings (plus
     the generation_config ``extras`` every side samples with; ``logprobs``: the top-K a hosted
     teacher must send with its samples), chunks saved under ``RUN/generate/``.
 
     In a mixture bake each query is answered under the prompt it is assigned (split
-    ``{split}-p{i}`` for prompt i), and the trajectories come back in query order.
+    ``{split}-p{i}`` for prompt i), and the trajectories come back in query order. Under a
+    distributed launch (``ranks``) every process calls this alike and samples its chunks of
+    each round (:func:`generate`); rank 0 alone writes the records.
     """
     sampling = decoding.bake_sampling(config, renderer.stop_ids, extras, n=n, logprobs=logprobs)
     model = config.teacher_model or config.model
+    ranks = ranks or Ranks()
+    log = run.log if run is not None and ranks.main else None
 
     def one(r: Renderer, part: Sequence[Query], name: str) -> tuple[list[Trajectory], list[Targets] | None]:
         def rounds(queries: Sequence[Query], at: str, sampled: SamplingConfig) -> tuple[list[Trajectory],
                                                                                         list[Targets] | None]:
             store = ChunkStore(run.file(files.GENERATE), at) if run is not None else None
-            return generate(teacher, r, queries, sampled, at, store, config.progress,
-                            run.log if run is not None else None, model=model)
+            return generate(teacher, r, queries, sampled, at, store, config.progress, log, model=model, ranks=ranks)
 
         if all(is_single_turn(q) for q in part):
             return rounds(part, name, sampling)
@@ -149,8 +176,8 @@ def sample_split(teacher: Teacher, renderer: Renderer, queries: Sequence[Query],
     if not isinstance(renderer, MixtureRenderer):
         return one(renderer, queries, split)
     assigned = renderer.assign(queries, config.seed, split)
-    if run is not None:
-        run.log({"stage": "mixture", "split": split, "queries_per_prompt": renderer.counts[split]})
+    if log is not None:
+        log({"stage": "mixture", "split": split, "queries_per_prompt": renderer.counts[split]})
     slots: list[tuple[list[Trajectory], list[Targets] | None]] = [([], None) for _ in queries]
     all_targets = True
     for i, prompted in enumerate(renderer.renderers):

@@ -20,6 +20,7 @@ from ..core.progress import counter
 from ..core.types import Targets, Trajectory, prompt_sha256
 from ..run import files
 from ..run.cache import TargetStore, as_stored, targets_key
+from ..run.distributed import Ranks
 from ..run.rundir import RunDir
 
 
@@ -85,38 +86,59 @@ def score_batches(teacher: Teacher, trajectories: Sequence[Trajectory], kind: st
 
 
 def score(teacher: Teacher, trajectories: Sequence[Trajectory], kind: str, config: BakeConfig, run: RunDir,
-          sample_targets: Sequence[Targets] | None = None) -> list[Targets]:
+          sample_targets: Sequence[Targets] | None = None, ranks: Ranks | None = None) -> list[Targets]:
     """The stage: targets from the cache when its key matches, else scored shard by shard and
-    written to it (shards already written for the same key, by a stopped bake, are read)."""
+    written to it (shards already written for the same key, by a stopped bake, are read).
+
+    Under a distributed launch (``ranks``) every process scores its shards (shard ``n`` is rank
+    ``n % world``'s), then reads the others' once all are written; rank 0 writes the index and
+    the records. Every process returns the whole, in order.
+    """
+    ranks = ranks or Ranks()
     key = bake_key(config, teacher, kind, trajectories)
     store = target_store(config, run, key)
     cached = store.read(key)
-    if cached is not None:
-        run.log({"stage": "score", "cache": "hit", "folder": str(store.folder)})
-        return cached
-    out: list[Targets] = []
-    reused = 0
+    if all(ranks.gather(cached is not None)):  # every process takes the cache, or none does
+        if ranks.main:
+            run.log({"stage": "score", "cache": "hit", "folder": str(store.folder)})
+        return cached  # type: ignore[return-value]
     size = store.shard_size
+    starts = range(0, len(trajectories), size)
+    got: dict[int, list[Targets]] = {}
+    reused: list[int] = []
     with counter(len(trajectories), "score", config.progress and kind != "tokens", unit="trajectory") as bar:
-        for n, start in enumerate(range(0, len(trajectories), size)):
+        for n, start in enumerate(starts):
+            if not ranks.mine(n):
+                continue
             part = trajectories[start: start + size]
-            got = store.read_shard(n, key, len(part))
-            if got is None:
+            found = store.read_shard(n, key, len(part))
+            if found is None:
                 given = sample_targets[start: start + size] if sample_targets else None
-                got = score_batches(teacher, part, kind, config, given, on_batch=bar.update)
-                store.write_shard(n, got, key)
+                found = score_batches(teacher, part, kind, config, given, on_batch=bar.update)
+                store.write_shard(n, found, key)
             else:
-                reused += 1
+                reused.append(n)
                 bar.update(len(part))
-            out.extend(got)
-    store.write_index(len(out), key)
-    run.log({"stage": "score", "cache": "miss", "shards_reused": reused, "folder": str(store.folder),
-             "bytes": store.bytes()})
+            got[n] = found
+    shards_reused, by_rank = len(reused), {}
+    if ranks.world > 1:
+        done = ranks.gather({"scored": sorted(set(got) - set(reused)), "reused": len(reused)})
+        for n, start in enumerate(starts):  # the others' shards, all written before the gather
+            if n not in got:
+                got[n] = _written(store, n, key, len(trajectories[start: start + size]), ranks)
+        shards_reused, by_rank = sum(d["reused"] for d in done), {"scored_by_rank": [d["scored"] for d in done]}
+    out = [t for n in sorted(got) for t in got[n]]
+    if ranks.main:
+        store.write_index(len(out), key)
+        run.log({"stage": "score", "cache": "miss", "shards_reused": shards_reused, "folder": str(store.folder),
+                 "bytes": store.bytes(), **by_rank})
     return out
 
 
-def read_scored(teacher: Teacher, trajectories: Sequence[Trajectory], kind: str, config: BakeConfig,
-                run: RunDir) -> list[Targets] | None:
-    """The whole targets of ``trajectories`` another process wrote, or None."""
-    key = bake_key(config, teacher, kind, trajectories)
-    return target_store(config, run, key).read(key)
+def _written(store: TargetStore, n: int, key: str, count: int, ranks: Ranks) -> list[Targets]:
+    found = store.read_shard(n, key, count)
+    if found is None:
+        raise ConfigError(f"Rank {ranks.rank} found no target shard {n} in {store.folder} after rank "
+                          f"{n % ranks.world} wrote it; --out (and target_cache) must be on a file system "
+                          f"that every process shares.")
+    return found

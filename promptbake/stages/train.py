@@ -22,8 +22,7 @@ from typing import Any
 from ..core.atomic import replace_dir, write_manifest
 from ..core.batching import batches, bucketed
 from ..core.config import BakeConfig
-from ..core.errors import ConfigError
-from ..core.interfaces import Loss, Student, Teacher
+from ..core.interfaces import Loss, Student
 from ..core.progress import progress
 from ..core.types import Targets, Trajectory
 from ..run import checkpoint, files
@@ -46,11 +45,6 @@ def epoch_batches(trajectories: Sequence[Trajectory], config: BakeConfig) -> lis
     rng = random.Random(config.seed)
     lengths = [len(t.unprompted_ids) for t in trajectories]
     return [bucketed(lengths, config.batch_size, rng) for _ in range(config.epochs)]
-
-
-def checkpoint_due(step: int, total: int, config: BakeConfig) -> bool:
-    """Whether a checkpoint is written after optimizer step ``step`` of ``total``."""
-    return step % config.checkpoint_every == 0 or step == total
 
 
 def save_adapter(student: Student, final: Path, metadata: dict[str, Any]) -> Path:
@@ -120,7 +114,7 @@ def train(student: Student, loss: Loss, trajectories: list[Trajectory], targets:
             first = m["loss"] if first is None else first
             last = m["loss"]
             run.log({"stage": "train", "step": step, "epoch": epoch, **m})
-            if student.capabilities.checkpoints and checkpoint_due(step, total, config):
+            if student.capabilities.checkpoints and config.checkpoint_due(step, total):
                 checkpoint.save(run.file(files.CHECKPOINT), student, {"step": step, "data_key": data_key,
                                                                       "first_loss": first})
             next(bar_iter, None)
@@ -135,20 +129,6 @@ def train(student: Student, loss: Loss, trajectories: list[Trajectory], targets:
     if last is None:  # everything was done before the checkpoint
         last = next((r["loss"] for r in reversed(run.records()) if r.get("stage") == "train" and "loss" in r), None)
     return {"steps": step, "first_loss": first, "last_loss": last}
-
-
-def train_handed_over(teacher: Teacher, student: Student, loss: Loss, config: BakeConfig, run: RunDir, rank: int,
-                      kind: str) -> dict[str, Any]:
-    """Another process of a distributed launch: train on what rank 0 sampled and scored (``kind``
-    of targets) and wrote to the shared run directory."""
-    from . import score
-
-    trajectories = run.read_trajectories()
-    targets = score.read_scored(teacher, trajectories, kind, config, run)
-    if targets is None:
-        raise ConfigError(f"Rank {rank} found no whole targets in {run.path} after rank 0 handed over; is --out on "
-                          f"a file system every process shares?")
-    return train(student, loss, trajectories, targets, config, run, score.bake_key(config, teacher, kind, trajectories))
 
 
 def _fit(student: Student, loss: Loss, trajectories: list[Trajectory], targets: list[Targets],
@@ -168,7 +148,7 @@ def _fit(student: Student, loss: Loss, trajectories: list[Trajectory], targets: 
         run.log({"stage": "train", **record})
 
     def save(step: int) -> None:
-        if checkpoint_due(step, len(groups), config):
+        if config.checkpoint_due(step, len(groups)):
             checkpoint.save(run.file(files.CHECKPOINT), student, {"step": step, "data_key": data_key,
                                                                   "first_loss": seen["first"]})
 

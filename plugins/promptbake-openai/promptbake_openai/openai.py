@@ -9,9 +9,12 @@ What a hosted API can give a bake (see docs/hosted.md):
   refused, and held-out evaluation uses the teacher's own held-out samples.
 
 Tokens come back as text; they are mapped to the student's ids (tokenmap.py).
-Requests run ``concurrency`` at a time; the openai client retries 408/409/429,
-5xx, timeouts and connection errors with exponential backoff. Every completed
-response is appended to a cache on disk first, so a re-run resumes for free.
+Requests run ``concurrency`` at a time per endpoint; the openai client retries
+408/409/429, 5xx, timeouts and connection errors with exponential backoff.
+``base_url`` may list several endpoints of one model: requests are spread over
+them, and the work of one that stops answering moves to the others
+(``promptbake.EndpointPool``). Every completed response is appended to a cache
+on disk first, so a re-run resumes for free.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,12 +34,16 @@ from promptbake import (
     BakeConfig,
     CapabilityError,
     ConfigError,
+    Endpoint,
+    EndpointDown,
+    EndpointPool,
     MissingDependencyError,
     Prefix,
     Sample,
     SamplingConfig,
     Teacher,
     TeacherCapabilities,
+    endpoint_urls,
     http_failure,
     progress,
     server_detail,
@@ -58,10 +64,12 @@ class OpenAITeacher(Teacher):
 
     Options (``teacher_options``):
         model: the endpoint's model name (default: ``teacher_model``, then ``model``).
-        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (default: OpenAI's).
-        api_key_env: the environment variable holding the key (default ``OPENAI_API_KEY``).
-            A loopback ``base_url`` needs no key.
-        concurrency: requests in flight at once (default 8).
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (default: OpenAI's), or a list of
+            roots serving the same model: requests are spread over them, and an endpoint that stops
+            answering (its retries spent) hands its work to the others.
+        api_key_env: the environment variable holding the key (default ``OPENAI_API_KEY``), the
+            same for every endpoint. Loopback endpoints need no key.
+        concurrency: requests in flight at once, per endpoint (default 8).
         max_retries, timeout: passed to the openai client (defaults 6 and 120 s).
         cache_dir: where completed responses are kept (default ``~/.cache/promptbake/responses``).
         tokenizer: ``"student"`` to declare the teacher uses the student's tokenizer, or an
@@ -77,14 +85,17 @@ class OpenAITeacher(Teacher):
     default_base_url: str | None = None
     default_key_env = "OPENAI_API_KEY"
 
-    def __init__(self, model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+    def __init__(self, model: str | None = None, base_url: str | Sequence[str] | None = None,
+                 api_key_env: str | None = None,
                  concurrency: int = 8, max_retries: int = 6, timeout: float = 120.0,
                  cache_dir: str | None = None, tokenizer: str | None = None,
                  extra_body: dict[str, Any] | None = None, http_client: Any = None):
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"teacher option concurrency must be a positive integer, got {concurrency!r}.")
         self.model_name = model
-        self.base_url = base_url or self.default_base_url
+        base_url = self.default_base_url if base_url in (None, "") else base_url  # [] is refused below
+        self.base_urls: list[str | None] = [None] if base_url is None else list(endpoint_urls(base_url))
+        self.base_url = self.base_urls[0]  # None: the openai client's default (OpenAI's API)
         self.api_key_env = api_key_env or self.default_key_env
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -93,7 +104,8 @@ class OpenAITeacher(Teacher):
         self.tokenizer_spec = tokenizer
         self.extra_body = dict(extra_body or {})
         self.http_client = http_client  # tests inject an httpx client with a mock transport
-        self.client: Any = None
+        self.client: Any = None  # the first endpoint's
+        self.pool: EndpointPool[Any] | None = None
         self.cache: ResponseCache | None = None
         self.tokenmap: TokenMap | None = None
         self._tokenizer: Any = None
@@ -111,7 +123,7 @@ class OpenAITeacher(Teacher):
         key = os.environ.get(self.api_key_env)
         if key:
             return key
-        if not _is_loopback(self.base_url):
+        if not all(_is_loopback(url) for url in self.base_urls):
             raise ConfigError(
                 f"Teacher '{self.name}' needs an API key in the environment variable "
                 f"{self.api_key_env}, which is not set; export it (keys are read from the "
@@ -126,10 +138,14 @@ class OpenAITeacher(Teacher):
                 f"Teacher '{self.name}' needs the openai package; run: pip install promptbake-openai") from None
         self.check(config)
         key = self._api_key()
-        self.client = openai.OpenAI(
-            api_key=key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout,
+        clients = [openai.OpenAI(
+            api_key=key, base_url=url, max_retries=self.max_retries, timeout=self.timeout,
             default_headers=self.headers() or None, http_client=self.http_client,
-        )
+        ) for url in self.base_urls]
+        self.client = clients[0]
+        self.pool = EndpointPool([(str(c.base_url), c) for c in clients], self.concurrency, error=BackendError)
+        if len(clients) > 1:
+            self._check_models()
         self.cache = ResponseCache(Path(self.cache_dir) if self.cache_dir else default_cache_dir())
         self.show_progress = config.progress
         if self.tokenizer_spec not in (None, "student"):
@@ -166,10 +182,37 @@ class OpenAITeacher(Teacher):
     def endpoint(self) -> str:
         return str(self.client.base_url) if self.client is not None else (self.base_url or "")
 
+    def _check_models(self) -> None:
+        """Several endpoints must serve one model: compare what each lists at ``/models``.
+
+        An endpoint without ``/models`` is not compared; one that does not answer is dropped."""
+        assert self.pool is not None
+        served = {e.url: ids for e, ids in self.pool.each(self._served) if ids is not None}
+        having = sum(self.model_name in ids for ids in served.values())
+        # Some list the model and some do not; or none does (a server that answers any name) and
+        # their listings differ.
+        if (0 < having < len(served)) or (not having and len({frozenset(ids) for ids in served.values()}) > 1):
+            listing = "; ".join(f"{url} lists {', '.join(ids) or 'none'}" for url, ids in served.items())
+            raise ConfigError(f"The endpoints in teacher_options.base_url serve different models ({listing}); "
+                              f"every one must serve model '{self.model_name}'.")
+
+    def _served(self, endpoint: Endpoint[Any]) -> list[str] | None:
+        """The model ids an endpoint lists, or None where it has no ``/models``."""
+        import openai
+
+        try:
+            return [m.id for m in endpoint.client.models.list()]
+        except openai.APIStatusError as exc:
+            if http_failure(exc.status_code) == "retried":
+                raise EndpointDown(self._status_sentence(exc, endpoint.url)) from None
+            return None
+        except openai.APIConnectionError:
+            raise EndpointDown(self._unreachable(endpoint.url)) from None
+
     # -- generation ----------------------------------------------------------
 
     def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig) -> list[list[Sample]]:
-        if self.client is None or self.cache is None or self.tokenmap is None:
+        if self.pool is None or self.cache is None or self.tokenmap is None:
             raise RuntimeError("OpenAITeacher.setup() and use_student_tokenizer() must be called first")
         bodies = [[self._body(p, sampling, j) for j in range(sampling.n)] for p in prefixes]
         responses: dict[str, dict[str, Any]] = {}
@@ -177,7 +220,7 @@ class OpenAITeacher(Teacher):
         for group in bodies:
             for body in group:
                 key = request_key(self.endpoint, body)
-                hit = self.cache.get(key)
+                hit = self._cached(body)
                 if hit is not None:
                     responses[key] = hit
                 else:
@@ -219,43 +262,49 @@ class OpenAITeacher(Teacher):
         body.update(self.request_extra(sampling))
         return body
 
+    def _cached(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A kept response to this request from any of the endpoints (each is stored under its own)."""
+        assert self.cache is not None and self.pool is not None
+        for endpoint in self.pool.endpoints:
+            hit = self.cache.get(request_key(endpoint.url, body))
+            if hit is not None:
+                return hit
+        return None
+
     def _fetch(self, todo: dict[str, dict[str, Any]], want_logprobs: bool) -> dict[str, dict[str, Any]]:
-        """Send the requests ``concurrency`` at a time; each result is cached as it lands."""
-        assert self.cache is not None
+        """Send the requests ``concurrency`` at a time per endpoint; each result is cached as it lands."""
+        assert self.cache is not None and self.pool is not None
+        keys, bodies = list(todo), list(todo.values())
         out: dict[str, dict[str, Any]] = {}
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
-        try:
-            futures = {pool.submit(self._request, body, want_logprobs): key for key, body in todo.items()}
-            for future in progress(as_completed(futures), f"generate ({self.name})", self.show_progress,
-                                   total=len(futures), unit="request", leave=False):
-                key = futures[future]
-                out[key] = future.result()
-                self.cache.put(key, out[key])
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        answers = self.pool.run(lambda endpoint, body: self._request(endpoint, body, want_logprobs), bodies)
+        for i, response, endpoint in progress(answers, f"generate ({self.name})", self.show_progress,
+                                              total=len(bodies), unit="request", leave=False):
+            out[keys[i]] = response
+            self.cache.put(request_key(endpoint.url, bodies[i]), response)
         return out
 
-    def _request(self, body: dict[str, Any], want_logprobs: bool) -> dict[str, Any]:
+    def _request(self, endpoint: Endpoint[Any], body: dict[str, Any], want_logprobs: bool) -> dict[str, Any]:
         import openai
 
         fields = {k: v for k, v in body.items() if k in _TOP_LEVEL}
         extra = {k: v for k, v in body.items() if k not in _TOP_LEVEL}
+        url = endpoint.url
         try:
-            completion = self.client.chat.completions.create(**fields, extra_body=extra or None)
+            completion = endpoint.client.chat.completions.create(**fields, extra_body=extra or None)
         except openai.APIStatusError as exc:
-            raise BackendError(self._status_sentence(exc)) from None
-        except (openai.APIConnectionError, openai.APITimeoutError):
-            raise BackendError(
-                f"Could not reach {self.endpoint} after {self.max_retries} retries; check base_url and "
-                f"the network (completed responses are kept, so a re-run resumes).") from None
+            # Statuses the client retries (408/409/429/5xx), still failing: the endpoint is down.
+            error = EndpointDown if http_failure(exc.status_code) == "retried" else BackendError
+            raise error(self._status_sentence(exc, url)) from None
+        except openai.APIConnectionError:  # timeouts included
+            raise EndpointDown(self._unreachable(url)) from None
         if not completion.choices:
-            raise BackendError(f"{self.endpoint} returned a completion with no choices for model '{self.model_name}'.")
+            raise BackendError(f"{url} returned a completion with no choices for model '{self.model_name}'.")
         choice = completion.choices[0]
         content = choice.message.content or ""
         tokens = choice.logprobs.content if choice.logprobs is not None else None
         if want_logprobs and not tokens and content:
             raise CapabilityError(
-                f"Model '{self.model_name}' at {self.endpoint} returned no logprobs (the provider "
+                f"Model '{self.model_name}' at {url} returned no logprobs (the provider "
                 f"ignores logprobs/top_logprobs); choose a model or provider that returns them, or use loss ce.")
         return {
             "content": content,
@@ -266,21 +315,25 @@ class OpenAITeacher(Teacher):
             ],
         }
 
-    def _status_sentence(self, exc: Any) -> str:
+    def _unreachable(self, url: str) -> str:
+        return (f"Could not reach {url} after {self.max_retries} retries; check base_url and "
+                f"the network (completed responses are kept, so a re-run resumes).")
+
+    def _status_sentence(self, exc: Any, url: str) -> str:
         """One sentence for an HTTP error status (the wording is this backend's; the kinds are core's)."""
         code = exc.status_code
         detail = server_detail(getattr(exc, "body", None), getattr(exc, "message", "") or str(exc),
                                secret=os.environ.get(self.api_key_env))
         kind = http_failure(code)
         if kind == "key":
-            return (f"{self.endpoint} refused the API key from {self.api_key_env} (HTTP {code}); "
+            return (f"{url} refused the API key from {self.api_key_env} (HTTP {code}); "
                     f"check that the key is valid for this endpoint.")
         if kind == "missing":
-            return f"{self.endpoint} has no model '{self.model_name}' (HTTP 404): {detail}."
+            return f"{url} has no model '{self.model_name}' (HTTP 404): {detail}."
         if kind == "retried":
-            return (f"{self.endpoint} kept failing after {self.max_retries} retries (HTTP {code}): {detail}; "
+            return (f"{url} kept failing after {self.max_retries} retries (HTTP {code}): {detail}; "
                     f"completed responses are kept, so a re-run resumes.")
-        return f"{self.endpoint} rejected the request (HTTP {code}): {detail}."
+        return f"{url} rejected the request (HTTP {code}): {detail}."
 
     # -- mapping -------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Each request draws one outcome from a seeded generator: HTTP 429 (with a short
 good answer, a stall past the client's timeout (then a reset), or a plain
 forward. It counts attempts and delivered answers per request body, so a test
 can check that every request was answered exactly once and that retries stayed
-bounded.
+bounded, and the most requests it had in flight at once. ``kill_after=N`` makes
+it a dead endpoint: from the N+1-th POST on, every connection (GETs too) is reset
+before anything reaches the server.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ FAULTS = ("429", "500", "reset", "slow", "stall")
 class FaultProxy:
     """``with FaultProxy(upstream, rates) as proxy: proxy.base_url`` ..."""
 
-    def __init__(self, upstream: str, rates: dict[str, float], seed: int = 0, slow_s: float = 0.5,
-                 stall_s: float = 6.0):
+    def __init__(self, upstream: str, rates: dict[str, float] | None = None, seed: int = 0, slow_s: float = 0.5,
+                 stall_s: float = 6.0, kill_after: int | None = None):
+        rates = dict(rates or {})
         unknown = set(rates) - set(FAULTS)
         if unknown or sum(rates.values()) >= 1:
             raise ValueError(f"bad fault rates {rates}")
@@ -41,6 +44,11 @@ class FaultProxy:
         self.attempts: Counter[str] = Counter()  # per request body
         self.delivered: Counter[str] = Counter()  # 200 answers sent back, per request body
         self.faults: Counter[str] = Counter()
+        self.kill_after = kill_after  # POSTs let through before it dies
+        self.posts = 0
+        self.dead = False
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most POSTs handled at once
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -76,11 +84,32 @@ class FaultProxy:
                 pass
 
             def do_GET(self) -> None:
+                if proxy.dead:
+                    self._reset()
+                    return
                 self._forward(b"", "GET")
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 key = hashlib.sha256(body).hexdigest()
+                with proxy.lock:
+                    proxy.posts += 1
+                    if proxy.kill_after is not None and proxy.posts > proxy.kill_after:
+                        proxy.dead = True
+                    dead = proxy.dead
+                    if not dead:
+                        proxy.in_flight += 1
+                        proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                if dead:
+                    self._reset()
+                    return
+                try:
+                    self._post(body, key)
+                finally:
+                    with proxy.lock:
+                        proxy.in_flight -= 1
+
+            def _post(self, body: bytes, key: str) -> None:
                 fault = proxy._draw()
                 with proxy.lock:
                     proxy.attempts[key] += 1
@@ -138,5 +167,6 @@ class FaultProxy:
     def report(self) -> dict[str, Any]:
         return {"requests": len(self.attempts), "attempts": sum(self.attempts.values()),
                 "max_attempts": max(self.attempts.values(), default=0), "faults": dict(self.faults),
-                "delivered": sum(self.delivered.values())}
+                "delivered": sum(self.delivered.values()), "max_in_flight": self.max_in_flight,
+                "refused_dead": self.posts - sum(self.attempts.values())}
 

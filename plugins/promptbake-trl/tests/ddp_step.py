@@ -1,11 +1,13 @@
 """One optimizer step of the trl student on a fixed global batch, in 1 process or under torchrun.
 
-    python ddp_step.py MODEL RUN_DIR OUT GRAD_ACCUM
-    python -m torch.distributed.run --nproc_per_node 2 ddp_step.py MODEL RUN_DIR OUT GRAD_ACCUM
+    python ddp_step.py MODEL RUN_DIR OUT GRAD_ACCUM [STUDENT_OPTIONS_JSON]
+    python -m torch.distributed.run --nproc_per_node 2 ddp_step.py MODEL RUN_DIR OUT GRAD_ACCUM [...]
 
 Trains with plain SGD (no momentum, no clipping, no warmup), so the update is
 -lr times the gradient and shows any error in the loss normalisation; rank 0
-writes the update of every trainable tensor to OUT (safetensors).
+writes the update of every trainable tensor to OUT (safetensors). STUDENT_OPTIONS_JSON: more
+TrainingArguments, e.g. '{"fsdp": true}' (under FSDP the student gathers the trained weights into
+the unsharded model read here when training ends).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def main() -> None:
     micro = GLOBAL_BATCH // grad_accum
     config = BakeConfig(prompt="p", model=model, batch_size=micro, grad_accum=grad_accum, lr=LR, warmup_ratio=0.0,
                         max_grad_norm=0.0, epochs=1, progress=False, device="cpu")
-    student = TRLStudent(optim="sgd")
+    options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}  # e.g. {"fsdp": true}
+    student = TRLStudent(optim="sgd", **options)
     student.setup(config, total_steps=1)
     params = {n: p for n, p in student.handle.peft_model.named_parameters() if p.requires_grad}
     before = {n: p.detach().clone() for n, p in params.items()}
@@ -43,7 +46,8 @@ def main() -> None:
     if student.trainer.accelerator.is_main_process:
         update = {n: (p.detach() - before[n]).contiguous() for n, p in params.items()}
         save_file(update, out, metadata={"loss": repr(result["last_loss"]),
-                                         "processes": str(student.trainer.accelerator.num_processes)})
+                                         "processes": str(student.trainer.accelerator.num_processes),
+                                         "fsdp": str(student.trainer.is_fsdp_enabled)})
 
 
 if __name__ == "__main__":

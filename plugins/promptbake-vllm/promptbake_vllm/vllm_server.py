@@ -5,6 +5,10 @@ server). Generated ids come back in ``choices[i].token_ids`` (vLLM's
 ``return_token_ids``) or, on servers without it, as ``"token_id:N"`` strings
 in ``choices[i].logprobs.tokens`` (``return_tokens_as_token_ids``). Scoring
 uses vLLM's ``prompt_logprobs`` extension.
+
+``base_url`` may list several servers of one model: requests are spread over
+them, ``concurrency`` in flight on each, and the work of a server that stops
+answering moves to the others (``promptbake.EndpointPool``).
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from promptbake import (
     BakeConfig,
     ConfigError,
+    Endpoint,
+    EndpointDown,
+    EndpointPool,
     MissingDependencyError,
     Prefix,
     Sample,
@@ -27,8 +33,8 @@ from promptbake import (
     Teacher,
     TeacherCapabilities,
     Trajectory,
+    endpoint_urls,
     http_failure,
-    progress,
     server_detail,
 )
 
@@ -64,6 +70,10 @@ class VLLMServerError(_ServiceError):
     """The vLLM server could not be reached or refused a request (after the client's retries)."""
 
 
+class VLLMServerDown(VLLMServerError, EndpointDown):
+    """A vLLM server stopped answering (connection errors or retried statuses); others may take its work."""
+
+
 def _as_dict(obj: Any) -> dict[str, Any]:
     """A response object as plain data, vLLM's extra fields included."""
     if isinstance(obj, Mapping):
@@ -75,13 +85,14 @@ class VLLMServerTeacher(Teacher):
     """A ``vllm serve`` process as teacher, through the official ``openai`` client.
 
     Options (``teacher_options``): ``base_url`` (default
-    ``http://127.0.0.1:8000/v1``), ``model`` (the served name; defaults to the
+    ``http://127.0.0.1:8000/v1``; a list for several servers of the same
+    model), ``model`` (the served name; defaults to the
     bake's ``teacher_model`` or ``model``), ``api_key_env`` (the environment
     variable holding the key, default ``VLLM_API_KEY``; "EMPTY" when unset),
     ``max_retries`` (the client retries connection errors, 408, 409, 429 and
     5xx with backoff), ``timeout`` (seconds per request) and ``concurrency``
-    (requests in flight). ``client`` or ``http_client`` inject a ready
-    ``openai.OpenAI`` or ``httpx.Client`` (tests, proxies).
+    (requests in flight per server). ``client`` (one server) or ``http_client``
+    inject a ready ``openai.OpenAI`` or ``httpx.Client`` (tests, proxies).
 
     The server caps K with ``--max-logprobs`` (default 20); start it with
     ``--max-logprobs K`` for top_k above 20.
@@ -93,26 +104,30 @@ class VLLMServerTeacher(Teacher):
         sampling_extras=SAMPLING_EXTRAS,
     )
 
-    def __init__(self, base_url: str = DEFAULT_URL, model: str | None = None,
+    def __init__(self, base_url: str | Sequence[str] = DEFAULT_URL, model: str | None = None,
                  api_key_env: str = "VLLM_API_KEY", max_retries: int = 3, timeout: float = 600.0,
                  concurrency: int = 8, client: Any = None, http_client: Any = None):
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"teacher_options.base_url must be an http(s) URL such as {DEFAULT_URL}, got {base_url!r}.")
+        urls = endpoint_urls(base_url)
+        if client is not None and len(urls) > 1:
+            raise ConfigError("teacher_options.client is one server's client; with several base_url give "
+                              "http_client (or nothing) instead.")
         for key, value in (("max_retries", max_retries), ("concurrency", concurrency)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_retries" else 1):
                 raise ConfigError(f"teacher_options.{key} must be a {'non-negative' if key == 'max_retries' else 'positive'} integer, got {value!r}.")
         if not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ConfigError(f"teacher_options.timeout must be a positive number of seconds, got {timeout!r}.")
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
         self.model_spec = model
         self.model: str | None = model
         self.api_key_env = api_key_env
         self.max_retries = max_retries
         self.timeout = float(timeout)
         self.concurrency = concurrency
-        self.client = client
+        self.client = client  # the first server's
         self._own_client = client is None
         self._http_client = http_client
+        self.pool: EndpointPool[Any] | None = None
         self.show_progress = False
 
     # -- setup ----------------------------------------------------------------
@@ -120,11 +135,13 @@ class VLLMServerTeacher(Teacher):
     def setup(self, config: BakeConfig) -> None:
         self.model = self.model_spec or config.teacher_model or config.model
         self.show_progress = config.progress
-        if self.client is None:
-            self.client = self._make_client()
+        if self.pool is None:
+            clients = [self.client] if self.client is not None else [self._make_client(u) for u in self.base_urls]
+            self.client = clients[0]
+            self.pool = EndpointPool(list(zip(self.base_urls, clients)), self.concurrency, error=VLLMServerError)
         self._check_model()
 
-    def _make_client(self) -> Any:
+    def _make_client(self, base_url: str) -> Any:
         try:
             import openai
         except ImportError as exc:
@@ -133,7 +150,7 @@ class VLLMServerTeacher(Teacher):
             ) from exc
         # The key is read here and handed to the client only; it is never stored or logged.
         kwargs: dict[str, Any] = {
-            "base_url": self.base_url, "api_key": os.environ.get(self.api_key_env) or "EMPTY",
+            "base_url": base_url, "api_key": os.environ.get(self.api_key_env) or "EMPTY",
             "max_retries": self.max_retries, "timeout": self.timeout,
         }
         if self._http_client is not None:
@@ -141,37 +158,46 @@ class VLLMServerTeacher(Teacher):
         return openai.OpenAI(**kwargs)
 
     def _check_model(self) -> None:
-        """Fail at setup, in one sentence, when the server is down or serves another model."""
-        served = [m.id for m in self._call(lambda: list(self.client.models.list()))]
-        if self.model not in served:
-            raise VLLMServerError(
-                f"The vLLM server at {self.base_url} serves {', '.join(served) or 'no model'}, not "
-                f"'{self.model}'; set teacher_options.model to one of those."
-            )
+        """Fail at setup, in one sentence, when every server is down or one serves another model.
+
+        A server that does not answer (of several) is dropped with a warning."""
+        assert self.pool is not None
+
+        def served(endpoint: Endpoint[Any]) -> list[str]:
+            return [m.id for m in self._call(endpoint.url, lambda: list(endpoint.client.models.list()))]
+
+        for endpoint, ids in self.pool.each(served):
+            if self.model not in ids:
+                raise VLLMServerError(
+                    f"The vLLM server at {endpoint.url} serves {', '.join(ids) or 'no model'}, not "
+                    f"'{self.model}'; set teacher_options.model to one of those"
+                    + ("." if len(self.pool) == 1 else " (every base_url must serve the same model)."))
 
     # -- requests -------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], R], top_k: int | None = None) -> R:
+    def _call(self, url: str, fn: Callable[[], R], top_k: int | None = None) -> R:
         """Run one client call; turn the client's exceptions into one-sentence errors."""
         import openai
 
         try:
             return fn()
         except openai.APIStatusError as exc:
-            raise VLLMServerError(self._status_sentence(exc, top_k)) from None
+            # Statuses the client retries (408/409/429/5xx), still failing: this server is down.
+            error = VLLMServerDown if http_failure(exc.status_code) == "retried" else VLLMServerError
+            raise error(self._status_sentence(exc, url, top_k)) from None
         except openai.APIConnectionError:
-            raise VLLMServerError(
-                f"Could not reach a vLLM server at {self.base_url} after {self.max_retries} retries; start "
+            raise VLLMServerDown(
+                f"Could not reach a vLLM server at {url} after {self.max_retries} retries; start "
                 f"one with 'vllm serve MODEL' or set teacher_options.base_url."
             ) from None
 
-    def _status_sentence(self, exc: Any, top_k: int | None) -> str:
+    def _status_sentence(self, exc: Any, url: str, top_k: int | None) -> str:
         """One sentence for an HTTP error status (the wording is this backend's; the kinds are core's)."""
         code = exc.status_code
         message = server_detail(getattr(exc, "body", None), getattr(exc, "message", "") or type(exc).__name__,
                                 secret=os.environ.get(self.api_key_env))
         kind = http_failure(code)
-        where = f"The vLLM server at {self.base_url}"
+        where = f"The vLLM server at {url}"
         if kind == "key":
             return (f"{where} rejected the API key; set the environment variable {self.api_key_env} to the "
                     f"key the server was started with (vllm serve --api-key).")
@@ -187,24 +213,20 @@ class VLLMServerTeacher(Teacher):
                     f"top_k={asked} needs {asked}; restart it with --max-logprobs {asked} (or lower top_k).")
         return f"{where} rejected a request: {message}."
 
-    def _map(self, fn: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]:
-        """``fn`` over ``items`` with ``concurrency`` requests in flight, in order."""
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
-        try:
-            return list(progress(pool.map(fn, items), desc, self.show_progress and len(items) > 1,
-                                 total=len(items), unit="request"))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def _map(self, fn: Callable[[Endpoint[Any], T], R], items: Sequence[T], desc: str) -> list[R]:
+        """``fn`` over ``items``, ``concurrency`` requests in flight per server, in order."""
+        assert self.pool is not None
+        return self.pool.map(fn, items, desc, self.show_progress and len(items) > 1)
 
     # -- teacher --------------------------------------------------------------
 
     def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig) -> list[list[Sample]]:
-        if self.client is None:
+        if self.pool is None:
             raise RuntimeError("VLLMServerTeacher.setup() was not called")
 
-        def one(item: tuple[int, Prefix]) -> list[Sample]:
+        def one(endpoint: Endpoint[Any], item: tuple[int, Prefix]) -> list[Sample]:
             i, prefix = item
-            response = self._call(lambda: self.client.completions.create(
+            response = self._call(endpoint.url, lambda: endpoint.client.completions.create(
                 model=self.model, prompt=list(prefix.ids), n=sampling.n,
                 temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, i, sampling.n),
@@ -229,12 +251,12 @@ class VLLMServerTeacher(Teacher):
         plain = without_engine(self.name, trajectories, top_k, full)
         if plain is not None:
             return plain
-        if self.client is None:
+        if self.pool is None:
             raise RuntimeError("VLLMServerTeacher.setup() was not called")
 
-        def one(trajectory: Trajectory) -> Targets:
+        def one(endpoint: Endpoint[Any], trajectory: Trajectory) -> Targets:
             ids, prefix_len = response_prompt(trajectory, side)
-            response = self._call(lambda: self.client.completions.create(
+            response = self._call(endpoint.url, lambda: endpoint.client.completions.create(
                 model=self.model, prompt=list(ids), max_tokens=1, temperature=1.0,
                 extra_body={"prompt_logprobs": top_k, "return_tokens_as_token_ids": True,
                             "add_special_tokens": False},
@@ -244,7 +266,7 @@ class VLLMServerTeacher(Teacher):
             logprobs = choices[0].get("prompt_logprobs") or data.get("prompt_logprobs")
             if logprobs is None:
                 raise VLLMResponseError(
-                    f"The server at {self.base_url} returned no prompt_logprobs; the vllm-server teacher "
+                    f"The server at {endpoint.url} returned no prompt_logprobs; the vllm-server teacher "
                     f"needs a vLLM OpenAI-compatible server (prompt_logprobs is a vLLM extension)."
                 )
             return prompt_targets(logprobs, prefix_len, trajectory.response_ids, top_k)
@@ -252,9 +274,11 @@ class VLLMServerTeacher(Teacher):
         return self._map(one, list(trajectories), "score")
 
     def close(self) -> None:
-        if self._own_client and self.client is not None:
-            self.client.close()
+        if self._own_client and self.pool is not None:
+            for endpoint in self.pool.endpoints:
+                endpoint.client.close()
             self.client = None
+            self.pool = None
 
 
 def _generated_ids(choice: Mapping[str, Any]) -> list[int]:

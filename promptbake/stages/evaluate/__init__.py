@@ -103,13 +103,30 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
                             for s in config.strengths]
     saved = epoch_adapters(run_dir) if run_dir is not None else []
     if text_probes and saved and student.capabilities.adapters and adapter is not None:
-        curve = []
+        curve, loaded = [], False
         for epoch, folder in saved:
+            if _same_weights(folder, adapter):  # the last epoch's is the final adapter: answered above
+                curve.append({"epoch": epoch, "probes": {p.label: out["probes"][p.label]["baked"] for p in text_probes}})
+                continue
             student.load_adapter(str(folder))
+            loaded = True
             curve.append({"epoch": epoch, "probes": _baked_scores(sides, queries, text_probes, 1.0)})
-        student.load_adapter(str(adapter))
+        if loaded:
+            student.load_adapter(str(adapter))
         out["epochs"] = curve
     return out
+
+
+def _same_weights(folder: str | Path, adapter: str | Path) -> bool:
+    """Whether two saved adapter folders hold the same files, by their manifests' sha256s."""
+    from ...core.atomic import MANIFEST
+
+    def listed(path: str | Path) -> Any:
+        file = Path(path) / MANIFEST
+        return json.loads(file.read_text(encoding="utf-8")).get("files") if file.is_file() else None
+
+    mine = listed(folder)
+    return mine is not None and mine == listed(adapter)
 
 
 def _baked_scores(sides: behaviour.Sides, queries: Sequence[Query], probes: Sequence[Any],

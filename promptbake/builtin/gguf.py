@@ -13,13 +13,12 @@ Both use gguf-py's writer, tensor-name map and quantisers (``gguf_arch``, ``gguf
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 from ..core import registry
-from ..core.atomic import write_text
+from ..core.atomic import file_sha256, write_text
 from ..core.config import BakeConfig
 from ..core.errors import CapabilityError, ConfigError
 from ..core.interfaces import Exporter, ExportResult
@@ -79,14 +78,6 @@ def base_config(spec: str) -> Any:
         raise ConfigError(f"Could not read the config of base model '{spec}': {str(exc).splitlines()[0]}") from exc
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _spec(bake: BakedRun) -> str:
     spec = bake.metadata.get("base_model")
     if not spec:
@@ -144,7 +135,7 @@ class GGUFLoraExporter(Exporter):
             pairs = lora_pairs(adapter, lora, lay, spec, base_shapes=gguf_shapes(shipped))
             write_lora(out / "adapter.gguf", lay, pairs, float(lora.get("lora_alpha", lora.get("r", 8))), title)
             base_path: str | None = str(shipped)
-            measured.update(base_gguf=base_path, base_gguf_sha256=sha256(shipped))
+            measured.update(base_gguf=base_path, base_gguf_sha256=file_sha256(shipped))
             notes.append(f"The base is the GGUF file {shipped} (sha256 {measured['base_gguf_sha256'][:16]}...), "
                          f"the very weights the bake was trained on; it is referenced, not copied, so keep it there.")
             tokenizer = models.load_tokenizer(spec)

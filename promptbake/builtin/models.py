@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import file_sha256
 from ..core.errors import ConfigError, MissingDependencyError
 from ..core.tokenizers import require_chat_template
 from . import hf_internals
@@ -95,13 +96,7 @@ def base_record(spec: str) -> dict[str, Any]:
 
 @functools.cache
 def _file_sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)  # once per file and process: the embedded GGUF is large
 
 
 def resolve_device(device: str) -> str:

@@ -69,7 +69,8 @@ def write_json(path: str | Path, data: Any) -> None:
 MANIFEST = "manifest.json"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -80,7 +81,7 @@ def _sha256(path: Path) -> str:
 def write_manifest(folder: str | Path) -> None:
     """Record every file's size and sha256 in ``folder/manifest.json``."""
     folder = Path(folder)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     write_json(folder / MANIFEST, {"files": files})
 
@@ -94,7 +95,7 @@ def verify_manifest(folder: str | Path) -> bool:
         return False
     for name, info in files.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+        if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
             return False
     return True
 

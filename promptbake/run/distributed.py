@@ -17,7 +17,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+from ..core.errors import ConfigError
+
+T = TypeVar("T")
 
 # How long a process waits for the others at a gather: their share of the teacher's work, or
 # rank 0 writing ``queries = "generate:N"`` alone. A process that fails ends the launch
@@ -73,6 +77,14 @@ class Ranks:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             dist.init_process_group(rank=self.rank, world_size=self.world, timeout=timedelta(seconds=ddp_timeout))
         _group["group"] = dist.new_group(backend="gloo", timeout=WAIT)
+
+    def written(self, found: T | None, chunk: int, what: str, folder: Any, shared: str = "--out") -> T:
+        """``found``, what another process wrote of ``chunk`` and this one read back from ``folder``;
+        where it is not there, the sentence that says the run directory is not shared."""
+        if found is None:
+            raise ConfigError(f"Rank {self.rank} found no {what} in {folder} after rank {chunk % self.world} "
+                              f"wrote it; {shared} must be on a file system that every process shares.")
+        return found
 
     def gather(self, value: Any) -> list[Any]:
         """Every process's ``value``, by rank, once every process has reached this call (a

@@ -89,22 +89,13 @@ def generate(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], sam
         assert store is not None, "a distributed generate hands its chunks over through the run directory"
         done = ranks.gather({"sampled": sorted(set(got) - set(reused)), "reused": len(reused)})
         for c in sorted(set(keys) - set(got)):  # the others' chunks, all written before the gather
-            got[c] = _written(store, c, keys[c], f"chunk {c} of split {split}", ranks)
+            got[c] = ranks.written(store.read(c, keys[c]), c, f"chunk {c} of split {split}", store.folder)
         record = {"chunks_reused": sum(d["reused"] for d in done), "sampled_by_rank": [d["sampled"] for d in done]}
     if log is not None and record:
         log({"stage": "generate", "split": split, **record})
     trajectories = [t for c in sorted(got) for t in got[c][0]]
     targets = [t for c in sorted(got) for t in (got[c][1] or [])]
     return trajectories, (targets if trajectories and len(targets) == len(trajectories) else None)
-
-
-def _written(store: ChunkStore, c: int, key: str, what: str, ranks: Ranks) -> tuple[list[Trajectory],
-                                                                                   list[Targets] | None]:
-    found = store.read(c, key)
-    if found is None:
-        raise ConfigError(f"Rank {ranks.rank} found no {what} in {store.folder} after rank {c % ranks.world} "
-                          f"wrote it; --out must be on a file system that every process shares.")
-    return found
 
 
 def _sample(teacher: Teacher, renderer: Renderer, queries: Sequence[Query], rendered: Sequence[tuple[list[int], list[int]]],

@@ -125,7 +125,8 @@ def score(teacher: Teacher, trajectories: Sequence[Trajectory], kind: str, confi
         done = ranks.gather({"scored": sorted(set(got) - set(reused)), "reused": len(reused)})
         for n, start in enumerate(starts):  # the others' shards, all written before the gather
             if n not in got:
-                got[n] = _written(store, n, key, len(trajectories[start: start + size]), ranks)
+                found = store.read_shard(n, key, len(trajectories[start: start + size]))
+                got[n] = ranks.written(found, n, f"target shard {n}", store.folder, "--out (and target_cache)")
         shards_reused, by_rank = sum(d["reused"] for d in done), {"scored_by_rank": [d["scored"] for d in done]}
     out = [t for n in sorted(got) for t in got[n]]
     if ranks.main:
@@ -133,12 +134,3 @@ def score(teacher: Teacher, trajectories: Sequence[Trajectory], kind: str, confi
         run.log({"stage": "score", "cache": "miss", "shards_reused": shards_reused, "folder": str(store.folder),
                  "bytes": store.bytes(), **by_rank})
     return out
-
-
-def _written(store: TargetStore, n: int, key: str, count: int, ranks: Ranks) -> list[Targets]:
-    found = store.read_shard(n, key, count)
-    if found is None:
-        raise ConfigError(f"Rank {ranks.rank} found no target shard {n} in {store.folder} after rank "
-                          f"{n % ranks.world} wrote it; --out (and target_cache) must be on a file system "
-                          f"that every process shares.")
-    return found

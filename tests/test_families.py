@@ -8,6 +8,7 @@ whose models pad their vocabularies differently. docs/models.md is this file as 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -169,8 +170,14 @@ def test_greedy_decoding_on_every_path_equals_generate(name, extras):
         batched = sample_rows(model, prefixes, sampling, tokenizer.pad_token_id, "cpu", batch_size=8, vocab=vocab)
         cached = sample_rows(model, prefixes, sampling, tokenizer.pad_token_id, "cpu", batch_size=8,
                              prefix=PrefixCache(), vocab=vocab)
+        # Two rows a prefix: one prefill of it, its KV repeated (model.generate's path and shared-prefix decoding's).
+        twice = dataclasses.replace(sampling, n=2)
+        pairs = [sample_rows(model, prefixes, twice, tokenizer.pad_token_id, "cpu", batch_size=8, prefix=cache,
+                             vocab=vocab) for cache in (None, PrefixCache())]
     assert [g[0].token_ids for g in batched] == want
     assert [g[0].token_ids for g in cached] == want
+    for pair in pairs:
+        assert [[s.token_ids for s in g] for g in pair] == [[w, w] for w in want]
 
 
 def test_the_generation_config_extras_of_each_family():

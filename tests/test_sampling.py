@@ -143,3 +143,34 @@ def test_every_path_samples_through_the_same_processors(monkeypatch):
     for cache in (PrefixCache(), None):
         got = sample_rows(model, prefixes[:1], asked, tok.pad_token_id, "cpu", batch_size=8, prefix=cache)
         assert _tokens(got)[0][0] == own
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["own rows", "behind a cached prompt"])
+def test_generate_runs_each_prefix_once_for_its_n_rows(cached, monkeypatch):
+    """``n`` samples of a prefix through model.generate share one prefill of it (the students'
+    sampled answers, and the teacher on models without shared-prefix attention), and sample
+    exactly what generate over ``n`` copies of every row does."""
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    monkeypatch.setattr(sampling_mod, "supports_shared_prefix", lambda m: False)  # generate, even with a cache
+    prefixes = _prefixes(tok, 3)  # own parts of different lengths: left-padded
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=6, min_new_tokens=6, seed=7)
+    rows = [p for p in prefixes for _ in range(sampling.n)]
+    ids, real = sampling_mod._left_padded(rows, tok.pad_token_id)
+    torch.manual_seed(sampling.seed * 100003)  # sample_rows' seed of its first batch
+    with sampling_mod.bare_generation_config(model), torch.no_grad():
+        want = model.generate(input_ids=ids, attention_mask=real.long(), max_new_tokens=6, do_sample=True,
+                              temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id,
+                              logits_processor=sampling_mod.processors(sampling, ids.shape[1], model.config.vocab_size))
+    want = want[:, ids.shape[1]:].tolist()
+    widths: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[0]) if kwargs["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        got = _tokens(sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 9,
+                                  PrefixCache() if cached else None))
+    finally:
+        hook.remove()
+    assert [row for group in got for row in group] == want
+    assert widths[-1] == len(prefixes)  # the prefill: one row per prefix, not per sample

@@ -158,13 +158,22 @@ def _rows_of(model: Any) -> int:
 def _generate(model: Any, prefixes: list[list[int]], shared: int, prefix: PrefixCache | None,
               sampling: SamplingConfig, pad_id: int, device: Any, seed: int, vocab: int | None = None) -> list[list[int]]:
     """``model.generate`` over the rows (each prefix ``sampling.n`` times); a cached prefix
-    is copied to every row."""
-    rows = [p for p in prefixes for _ in range(sampling.n)]
-    ids, real = _left_padded([r[shared:] for r in rows], pad_id)
+    is copied to every row. With ``n > 1`` each prefix's own tokens are run once and their
+    KV repeated for its ``n`` rows, as in :func:`decode_shared`."""
+    n = sampling.n
+    ids, real = _left_padded([p[shared:] for p in prefixes], pad_id)
     if shared:  # the shared start, then each row's left-padded rest
-        ids = torch.cat([torch.tensor([rows[0][:shared]] * len(rows)), ids], 1)
-        real = torch.cat([torch.ones((len(rows), shared), dtype=torch.bool), real], 1)
-    extra: dict[str, Any] = hf_internals.with_cache(model, prefix.expand(len(rows))) if shared and prefix else {}
+        ids = torch.cat([torch.tensor([prefixes[0][:shared]] * len(prefixes)), ids], 1)
+        real = torch.cat([torch.ones((len(prefixes), shared), dtype=torch.bool), real], 1)
+    ids, real = ids.to(device), real.to(device)
+    cache = prefix.expand(len(prefixes)) if shared and prefix else None
+    if n > 1:
+        if ids.shape[1] - 1 > (shared if cache is not None else 0):
+            cache = _prefill(model, ids, real, shared if cache is not None else 0, cache)
+        if cache is not None:
+            cache.batch_repeat_interleave(n)
+        ids, real = ids.repeat_interleave(n, 0), real.repeat_interleave(n, 0)
+    extra: dict[str, Any] = hf_internals.with_cache(model, cache) if cache is not None else {}
     if sampling.temperature == 0:
         extra.update(do_sample=False)
     else:
@@ -173,11 +182,22 @@ def _generate(model: Any, prefixes: list[list[int]], shared: int, prefix: Prefix
         extra.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     with bare_generation_config(model):
         gen = model.generate(
-            input_ids=ids.to(device), attention_mask=real.long().to(device), max_new_tokens=sampling.max_new_tokens,
+            input_ids=ids, attention_mask=real.long(), max_new_tokens=sampling.max_new_tokens,
             eos_token_id=list(sampling.stop_ids), pad_token_id=pad_id,
             logits_processor=processors(sampling, ids.shape[1], _rows_of(model), vocab), **extra,
         )
     return gen[:, ids.shape[1]:].tolist()
+
+
+def _prefill(model: Any, ids: torch.Tensor, real: torch.Tensor, cached: int, cache: Any) -> Any:
+    """The KV cache of every row's tokens but its last (the first ``cached`` already in
+    ``cache``), at the positions ``model.generate`` gives left-padded rows; generate then
+    runs from the last token, as with any cache it is handed."""
+    positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+    cache = cache if cache is not None else hf_internals.new_cache(model)
+    model(input_ids=ids[:, cached:-1], attention_mask=real[:, :-1].long(), position_ids=positions[:, cached:-1],
+          use_cache=True, **hf_internals.with_cache(model, cache))
+    return cache
 
 
 def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: PrefixCache,

@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str | Path, prompt: str | PromptMixture | None = None,
             metrics.update(heldout_metrics(teacher, student, held, cfg.top_k, cfg.score_batch_size, cfg.progress))
         for key in BEHAVIOUR_KEYS:  # measured again below; a setting turned off must not leave old figures
             metrics.pop(key, None)
-        metrics.update(behaviour_metrics(teacher, student, renderer, heldout, cfg, run.path, adapter))
+        metrics.update(behaviour_metrics(teacher, student, renderer, heldout, cfg, run.path, adapter, held))
         write_json(old, metrics)
     finally:
         baker.close()

@@ -106,6 +106,51 @@ def test_the_epoch_curve_answers_again_only_with_adapters_other_than_the_final_o
     assert last["epoch"] == SETTINGS["epochs"] and last["probes"] == {"max_length=6": metrics["probes"]["max_length=6"]["baked"]}
 
 
+def test_the_prompted_sides_sampled_answers_start_with_the_held_out_trajectories(baked, monkeypatch):
+    """The held-out trajectories are the prompted teacher's samples at the bake's settings: each is
+    the prompted side's first sampled answer to its query, and only the rest are sampled."""
+    from promptbake.run import files
+    from promptbake.run.rundir import RunDir
+    from promptbake.stages.evaluate import behaviour
+
+    _, result = baked
+    held = RunDir(result.run_dir).read_trajectories(files.HELDOUT)
+    asked, drawn = [], {}
+    original = behaviour.Sides.sample_groups
+    monkeypatch.setattr(behaviour.Sides, "sample_groups",
+                        lambda self, side, queries, sampling, strength=1.0:
+                        asked.append((side, sampling.n, sampling.temperature)) or original(self, side, queries, sampling, strength))
+    original_prompted = behaviour.prompted_samples
+    monkeypatch.setattr(behaviour, "prompted_samples",
+                        lambda *a: drawn.setdefault("prompted", original_prompted(*a)))
+    metrics = evaluate_run(result.run_dir, PROMPT, probes=["max_length=6"], strengths=[], progress=False,
+                           report=False)
+    sampled = [(side, n) for side, n, temperature in asked if temperature > 0]
+    assert sampled == [("base", 2), ("prompted", 1), ("baked", 2)]
+    assert [group[0].token_ids for group in drawn["prompted"]] == [t.response_ids for t in held]
+    assert all(len(group) == 2 for group in drawn["prompted"])
+    assert set(metrics["probes_sampled"]["max_length=6"]) == {"base", "prompted", "baked"}
+
+
+def test_without_a_held_out_trajectory_for_every_query_all_prompted_samples_are_drawn():
+    from promptbake.core.interfaces import SamplingConfig
+    from promptbake.core.types import Query, Sample, Trajectory
+    from promptbake.stages.evaluate import behaviour
+
+    class Stub:
+        def sample_groups(self, side, queries, sampling):
+            return [[Sample([9] * (i + 1), True) for i in range(sampling.n)] for _ in queries]
+
+    queries = [Query(f"q{i}", ({"role": "user", "content": "hi"},)) for i in range(2)]
+    held = [Trajectory(query_id="q0", sample=0, prompted_ids=[1, 2, 3], unprompted_ids=[2, 3], response_len=1)]
+    sampling = SamplingConfig(n=2, temperature=1.0)
+    assert [[s.token_ids for s in g] for g in behaviour.prompted_samples(Stub(), queries, sampling, held)] == \
+        [[[9], [9, 9]], [[9], [9, 9]]]
+    held.append(Trajectory(query_id="q1", sample=0, prompted_ids=[1, 4, 5], unprompted_ids=[4, 5], response_len=2))
+    assert [[s.token_ids for s in g] for g in behaviour.prompted_samples(Stub(), queries, sampling, held)] == \
+        [[[3], [9]], [[4, 5], [9]]]
+
+
 def test_eval_measures_a_finished_run_again(baked):
     _, result = baked
     before = json.loads((result.run_dir / "answers.jsonl").read_text().splitlines()[0])

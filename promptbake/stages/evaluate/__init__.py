@@ -38,7 +38,7 @@ def evaluate(teacher: Teacher, student: Student, renderer: Renderer, held: Seque
     if not held:
         return None
     metrics = evaluate_heldout(teacher, student, held, held_targets, config)
-    found = behaviour_metrics(teacher, student, renderer, queries, config, run_dir, adapter)
+    found = behaviour_metrics(teacher, student, renderer, queries, config, run_dir, adapter, held)
     return {**(metrics or {}), **found} or None
 
 
@@ -57,10 +57,12 @@ def epoch_adapters(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, queries: Sequence[Query],
                       config: BakeConfig, run_dir: str | Path | None = None,
-                      adapter: str | Path | None = None) -> dict[str, Any]:
+                      adapter: str | Path | None = None, held: Sequence[Trajectory] = ()) -> dict[str, Any]:
     """Answers, statistics, probes, on-policy gap and half-baking curves; writes ``answers.jsonl``.
 
     ``adapter`` is the final adapter's folder, reloaded after per-epoch adapters were tried.
+    ``held``: the bake's held-out trajectories, the prompted teacher's samples at the bake's
+    settings, which stand for the prompted side's first sampled answer to each query.
     """
     if not queries or not student.capabilities.can_generate:
         return {}
@@ -88,7 +90,8 @@ def behaviour_metrics(teacher: Teacher, student: Student, renderer: Renderer, qu
     if text_probes and config.probe_samples and single:
         # Sampled answers at the bake's temperature; the on-policy gap reuses the first of each.
         many = replace(sampling, n=config.probe_samples)
-        drawn = {side: sides.sample_groups(side, queries, many) for side in behaviour.SIDES}
+        drawn = {side: behaviour.prompted_samples(sides, queries, many, held) if side == "prompted"
+                 else sides.sample_groups(side, queries, many) for side in behaviour.SIDES}
         out["probes_sampled"] = behaviour.sampled_probe_scores(text_probes, sides, queries, drawn)
         out["probe_samples"] = config.probe_samples
     gap = behaviour.on_policy(sides, queries, sampling, config.top_k, config.score_batch_size,

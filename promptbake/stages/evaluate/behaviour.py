@@ -16,7 +16,7 @@ the teacher's text yet drift once it writes its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...core.batching import batches
@@ -223,6 +223,21 @@ def on_policy(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig, 
     if "base" in tallies and tallies["base"].mean_kl > 0:
         out["gap_closed"] = 1.0 - tallies["baked"].mean_kl / tallies["base"].mean_kl
     return out
+
+
+def prompted_samples(sides: Sides, queries: Sequence[Query], sampling: SamplingConfig,
+                     held: Sequence[Trajectory]) -> list[list[Sample]]:
+    """``sampling.n`` samples per query from the prompted side, the first of each the query's
+    held-out trajectory: the teacher sampled it with the prompt at the bake's settings, so
+    it is already one such answer. Without one trajectory for every query (conversations,
+    other queries), all ``n`` are sampled."""
+    mine = {t.query_id: t for t in held if t.turn == 1}
+    first = [mine.get(q.id) for q in queries]
+    if len(mine) != len(held) or any(t is None for t in first):
+        return sides.sample_groups("prompted", queries, sampling)
+    more = (sides.sample_groups("prompted", queries, replace(sampling, n=sampling.n - 1)) if sampling.n > 1
+            else [[] for _ in queries])
+    return [[Sample(list(t.response_ids), t.finished), *rest] for t, rest in zip(first, more)]  # type: ignore[union-attr]
 
 
 def trajectories_of(renderer: Renderer, queries: Sequence[Query], samples: Sequence[Sample]) -> list[Trajectory]:

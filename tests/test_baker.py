@@ -172,11 +172,11 @@ def test_teacher_shares_the_students_weights(tiny_model, bake_settings):
     assert models.load(spec, "auto", "cpu").peft_model is None
 
 
-def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None):
+def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None, bf16=False):
     from promptbake.builtin.losses import TopKKLLoss
 
     baker = Baker(config=config)
-    student, teacher = PeftStudent(head_chunk=head_chunk), HFTeacher()
+    student, teacher = PeftStudent(head_chunk=head_chunk, bf16=bf16), HFTeacher()
     student.setup(config, total_steps=10)
     teacher.setup(config)
     try:
@@ -201,6 +201,36 @@ def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None):
         return grads, [t.response_len for t in trajs]
     finally:
         student.close()
+
+
+@pytest.mark.parametrize("head_chunk", [None, 4], ids=["logits", "hidden-state chunks"])
+def test_bf16_training_runs_the_decoder_in_bfloat16_and_keeps_float32_gradients(tiny_model, bake_settings,
+                                                                                head_chunk, monkeypatch):
+    spec = tiny_model()
+    config = BakeConfig(prompt=PROMPT, model=spec, **{**bake_settings, "max_grad_norm": 0.0})
+    plain, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk)
+    dtypes = set()
+    forward = torch.nn.Linear.forward
+
+    def linear(self, x):
+        out = forward(self, x)
+        if torch.is_grad_enabled():  # the training forward, not the teacher's scoring
+            dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", linear)
+    mixed, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk, bf16=True)
+    assert torch.bfloat16 in dtypes
+    assert mixed.keys() == plain.keys() and mixed
+    flat = [torch.cat([g[n].flatten() for n in sorted(plain)]) for g in (plain, mixed)]
+    assert all(g.dtype == torch.float32 for g in mixed.values())
+    assert not torch.equal(*flat)  # another precision...
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99  # ...the same step
+
+
+def test_bf16_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="bf16 must be true or false"):
+        PeftStudent(bf16="yes")
 
 
 def test_gradient_accumulation_normalises_by_the_whole_step(tiny_model, bake_settings):

@@ -44,15 +44,25 @@ class PeftStudent(Student):
 
     def __init__(self, model: str | None = None, head_chunk: int | None = 256, lora_rank: int = 16,
                  lora_alpha: float | None = None, lora_dropout: float = 0.0,
-                 target_modules: str | list[str] = "all-linear"):
+                 target_modules: str | list[str] = "all-linear", bf16: bool = False):
         """``lora_*`` and ``target_modules``: the LoRA adapter (``lora_alpha`` defaults to ``lora_rank``);
-        also accepted as top-level settings, for 0.1's TOML files and commands."""
+        also accepted as top-level settings, for 0.1's TOML files and commands.
+
+        ``bf16``: training steps run the decoder's forward (and so its backward) under bfloat16
+        autocast; weights, optimizer and loss stay as loaded (float32 on CPU), and so does the
+        output layer where logits are made from hidden states in chunks (``full_kl``, and any loss
+        above ``head_chunk`` response rows a micro-batch). It pays where bfloat16 matrix products
+        are fast: CPUs with AVX-512 BF16 or AMX, GPUs with float32 weights; on the embedded model
+        it trained 1.42x faster and closed 89.76% of the gap against 89.90% (docs/performance.md)."""
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise ConfigError(f"lora_rank must be a positive integer, got {lora_rank!r}.")
         if lora_alpha is not None and not (isinstance(lora_alpha, int | float) and lora_alpha > 0):
             raise ConfigError(f"lora_alpha must be > 0, got {lora_alpha!r}.")
         if not (isinstance(lora_dropout, int | float) and 0 <= lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}.")
+        if not isinstance(bf16, bool):
+            raise ConfigError(f"bf16 must be true or false, got {bf16!r}.")
+        self.bf16 = bf16
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha if lora_alpha is not None else lora_rank,
                      "lora_dropout": lora_dropout, "target_modules": target_modules}
         self.model_spec = model
@@ -122,13 +132,15 @@ class PeftStudent(Student):
             if targets.hidden is not None and split is None:
                 raise RuntimeError("hidden-state targets need the output layer split off the decoder")
             if split is not None:  # large: logits chunk by chunk from hidden states
-                hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                            hidden=True, vocab=h.vocab)
-                value = loss.from_hidden(hidden, split[1], targets, num_tokens, chunk)
+                with self.autocast():
+                    hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                                hidden=True, vocab=h.vocab)
+                value = loss.from_hidden(hidden.float(), split[1], targets, num_tokens, chunk)
             else:
-                logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                            vocab=h.vocab)
-                value = loss(logits, targets, num_tokens)
+                with self.autocast():
+                    logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                                vocab=h.vocab)
+                value = loss(logits.float(), targets, num_tokens)
             value.backward()
             total += float(value.detach())
         params = [p for p in model.parameters() if p.requires_grad]
@@ -141,6 +153,10 @@ class PeftStudent(Student):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": total, "lr": lr, "grad_norm": grad_norm, "tokens": float(num_tokens)}
+
+    def autocast(self) -> Any:
+        """The context of a training forward: bfloat16 autocast with ``bf16``, else nothing."""
+        return torch.autocast(torch.device(self._handle.device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def reads_hidden_targets(self, head: Any) -> bool:
         split = split_head(self._handle.peft_model, self._handle.vocab)

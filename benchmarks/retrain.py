@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from epoch_gap import epoch_gaps
+
 from promptbake.baker import Baker
 from promptbake.cli.base import read_prompt
 from promptbake.run import files
-from promptbake.run.rundir import RunDir
-from promptbake.stages.evaluate import epoch_adapters
-from promptbake.stages.evaluate.heldout import heldout_metrics
 
 TRAINED = (files.ADAPTER, files.CHECKPOINT, files.EPOCHS, files.EVAL, files.ANSWERS, files.REPORT, files.REPORT_PLOTS)
 
@@ -45,24 +44,6 @@ def untrained_copy(run_dir: Path, settings: dict) -> Path:
     kept = [line for line in log.read_text().splitlines() if json.loads(line).get("stage") not in ("train", "done")]
     log.write_text("".join(line + "\n" for line in kept))
     return copy
-
-
-def epoch_gaps(run_dir: Path, prompt: str) -> list[dict]:
-    baker = Baker.resume(run_dir, prompt, progress=False)
-    cfg, teacher, student = baker.config, baker.teacher, baker.student
-    held = RunDir(run_dir).read_trajectories(files.HELDOUT)
-    try:
-        student.setup(cfg, 1)
-        teacher.setup(cfg)
-        teacher.use_student_tokenizer(student.tokenizer)
-        rows = []
-        for epoch, folder in epoch_adapters(run_dir):
-            student.load_adapter(str(folder))
-            m = heldout_metrics(teacher, student, held, cfg.top_k, cfg.score_batch_size, False)
-            rows.append({"epoch": epoch, "gap_closed": m["gap_closed"], "top1_agreement_baked": m["top1_agreement_baked"]})
-        return rows
-    finally:
-        baker.close()
 
 
 def settings_of(variant: str, config: dict) -> dict:
@@ -84,7 +65,7 @@ def measure(run_dir: Path, prompt: str, variant: str) -> dict:
         seconds = time.perf_counter() - started
         return {"variant": variant, "train_s": round(result.metrics["train_s"], 1),
                 "run_s": round(seconds, 1), "last_loss": result.metrics["last_loss"],
-                "epochs": epoch_gaps(copy, prompt)}
+                "epochs": list(epoch_gaps(copy, prompt))}
     finally:
         shutil.rmtree(copy.parent, ignore_errors=True)
 

@@ -53,7 +53,7 @@ class PeftStudent(Student):
         output layer where logits are made from hidden states in chunks (``full_kl``, and any loss
         above ``head_chunk`` response rows a micro-batch). It pays where bfloat16 matrix products
         are fast: CPUs with AVX-512 BF16 or AMX, GPUs with float32 weights; on the embedded model
-        it trained 1.42x faster and closed 89.76% of the gap against 89.90% (docs/performance.md)."""
+        it trained 1.14-1.43x faster and closed 89.76% of the gap against 89.90% (docs/performance.md)."""
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise ConfigError(f"lora_rank must be a positive integer, got {lora_rank!r}.")
         if lora_alpha is not None and not (isinstance(lora_alpha, int | float) and lora_alpha > 0):

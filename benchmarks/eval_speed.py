@@ -22,7 +22,7 @@ import json
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,7 +78,7 @@ def measure(run_dir: Path, prompt: str, before: bool) -> dict:
     LlamaModel.forward = counted
     started = time.perf_counter()
     try:
-        with as_before() if before else _nothing():
+        with as_before() if before else nullcontext():
             metrics = evaluate_run(copy, prompt, report=False, progress=False)
     finally:
         LlamaModel.forward = original
@@ -87,11 +87,6 @@ def measure(run_dir: Path, prompt: str, before: bool) -> dict:
     return {"variant": "before" if before else "now", "seconds": round(seconds, 1), "tokens": count.tokens,
             "gap_closed": metrics.get("gap_closed"),
             "probes_sampled": metrics.get("probes_sampled"), "on_policy_gap": (metrics.get("on_policy") or {}).get("gap_closed")}
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def main() -> None:

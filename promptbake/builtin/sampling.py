@@ -168,8 +168,9 @@ def _generate(model: Any, prefixes: list[list[int]], shared: int, prefix: Prefix
     ids, real = ids.to(device), real.to(device)
     cache = prefix.expand(len(prefixes)) if shared and prefix else None
     if n > 1:
-        if ids.shape[1] - 1 > (shared if cache is not None else 0):
-            cache = _prefill(model, ids, real, shared if cache is not None else 0, cache)
+        cached = shared if cache is not None else 0
+        if ids.shape[1] - 1 > cached:
+            cache = _prefill(model, ids, real, cached, cache)
         if cache is not None:
             cache.batch_repeat_interleave(n)
         ids, real = ids.repeat_interleave(n, 0), real.repeat_interleave(n, 0)

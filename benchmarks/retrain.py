@@ -2,13 +2,16 @@
 closed by each epoch's adapter.
 
     python benchmarks/retrain.py runs/french examples/prompts/french.txt float32 bf16 [--json out.json]
+    python benchmarks/retrain.py runs/french examples/prompts/french.txt float32 bf16_grads
     python benchmarks/retrain.py runs/french examples/prompts/french.txt epochs=2,lr=0.002
 
 Each variant trains a fresh adapter (same seed) on a copy of the run's trajectories and cached
 targets (no teacher calls), then measures every epoch's adapter on the run's held-out
 trajectories as the evaluation stage does. A variant is ``float32`` (the bake as it ran),
 ``bf16`` (the peft student's ``bf16`` option: its decoder's forward and backward under bfloat16
-autocast, the output layer, loss, weights and optimizer in float32), or bake settings
+autocast, the output layer, loss, weights and optimizer in float32), ``bf16_grads`` (its
+``bf16_grads`` option: every forward in float32, the gradients through the frozen linear layers
+from bfloat16 copies of their weights), or bake settings
 (``key=value,...``: training settings such as epochs and lr; the trajectories stay the run's).
 """
 
@@ -50,8 +53,8 @@ def settings_of(variant: str, config: dict) -> dict:
     """The settings a variant changes in the run's ``config``."""
     if variant == "float32":
         return {}
-    if variant == "bf16":
-        return {"student_options": {**config.get("student_options", {}), "bf16": True}}
+    if variant in ("bf16", "bf16_grads"):  # the peft student's options
+        return {"student_options": {**config.get("student_options", {}), variant: True}}
     return {k: json.loads(v) for k, v in (part.split("=", 1) for part in variant.split(","))}
 
 
@@ -74,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("prompt_file")
-    parser.add_argument("variants", nargs="+", help="float32, bf16 or key=value,... settings")
+    parser.add_argument("variants", nargs="+", help="float32, bf16, bf16_grads or key=value,... settings")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     prompt = read_prompt(args.prompt_file)

@@ -18,7 +18,8 @@ from promptbake import (
 )
 from promptbake.builtin.hf import HFTeacher
 from promptbake.builtin.peft import PeftStudent
-from promptbake.core.types import Query
+from promptbake.core.interfaces import SamplingConfig
+from promptbake.core.types import Prefix, Query
 
 PROMPT = "Always answer like a pirate, matey."
 
@@ -172,11 +173,11 @@ def test_teacher_shares_the_students_weights(tiny_model, bake_settings):
     assert models.load(spec, "auto", "cpu").peft_model is None
 
 
-def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None, bf16=False):
+def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None, bf16=False, seen=None, **options):
     from promptbake.builtin.losses import TopKKLLoss
 
     baker = Baker(config=config)
-    student, teacher = PeftStudent(head_chunk=head_chunk, bf16=bf16), HFTeacher()
+    student, teacher = PeftStudent(head_chunk=head_chunk, bf16=bf16, **options), HFTeacher()
     student.setup(config, total_steps=10)
     teacher.setup(config)
     try:
@@ -197,7 +198,11 @@ def _grads_after_step(spec, config, micro_batches_fn, head_chunk=None, bf16=Fals
         grads = {}
         student.optimizer.step = lambda: grads.update(  # capture instead of stepping
             {n: p.grad.clone() for n, p in student.handle.peft_model.named_parameters() if p.grad is not None})
-        student.step(micro_batches_fn(pairs), TopKKLLoss())
+        metrics = student.step(micro_batches_fn(pairs), TopKKLLoss())
+        if seen is not None:  # what the step left behind
+            seen.update(metrics=metrics, low=dict(student._low),
+                        head=student.handle.peft_model.get_base_model().get_output_embeddings(),
+                        patched=[m for m in student.handle.peft_model.modules() if "forward" in vars(m)])
         return grads, [t.response_len for t in trajs]
     finally:
         student.close()
@@ -231,6 +236,30 @@ def test_bf16_training_runs_the_decoder_in_bfloat16_and_keeps_float32_gradients(
 def test_bf16_must_be_a_boolean():
     with pytest.raises(ConfigError, match="bf16 must be true or false"):
         PeftStudent(bf16="yes")
+    with pytest.raises(ConfigError, match="bf16_grads must be true or false"):
+        PeftStudent(bf16_grads=1)
+
+
+@pytest.mark.parametrize("head_chunk", [None, 4], ids=["logits", "hidden-state chunks"])
+def test_bf16_grads_keeps_every_forward_in_float32_and_takes_gradients_through_bfloat16_weights(
+        tiny_model, bake_settings, head_chunk):
+    spec = tiny_model()
+    config = BakeConfig(prompt=PROMPT, model=spec, **{**bake_settings, "max_grad_norm": 0.0})
+    plain_seen, low_seen = {}, {}
+    plain, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk, seen=plain_seen)
+    low, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk, seen=low_seen, bf16_grads=True)
+    assert low_seen["metrics"]["loss"] == plain_seen["metrics"]["loss"]  # the same forward, to the bit
+    copies = low_seen["low"]
+    # A bfloat16 copy of every frozen linear weight (the output layer's too), none of the adapter's.
+    assert copies and all(w.dtype == torch.bfloat16 for w in copies.values())
+    assert low_seen["head"] in copies
+    assert not any(layer.weight.requires_grad for layer in copies)
+    assert not low_seen["patched"] and not plain_seen["low"]  # layers are themselves again after the step
+    assert low.keys() == plain.keys() and low
+    flat = [torch.cat([g[n].flatten() for n in sorted(plain)]) for g in (plain, low)]
+    assert all(g.dtype == torch.float32 for g in low.values())
+    assert not torch.equal(*flat)  # gradients through bfloat16 weights...
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.999  # ...pointing the same way
 
 
 def test_gradient_accumulation_normalises_by_the_whole_step(tiny_model, bake_settings):
@@ -440,3 +469,61 @@ def test_generation_config_extras_a_teacher_cannot_apply_are_refused(tiny_model,
     # Off (the default), every side samples the plain distribution, whatever the teacher.
     result = Baker(PROMPT, teacher=Plain(), model=spec, **{**bake_settings, "evaluate": False}).run()
     assert json.loads((result.run_dir / "config.json").read_text())["generation_config"] is False
+
+
+def test_the_students_rows_run_their_shared_start_once(tiny_model, bake_settings, monkeypatch):
+    """The student's unprompted rows of one call all begin with the chat template's default
+    system message (SmolLM2's): generating and scoring run it once, with the adapter as the call
+    runs it (on and off), and give what running it in every row gives."""
+    from promptbake.builtin.prefix_cache import common_prefix
+    from promptbake.stages.render import Renderer
+
+    spec = tiny_model("smollm2")
+    config = BakeConfig(prompt=PROMPT, model=spec, **bake_settings)
+    student = PeftStudent()
+    student.setup(config, total_steps=1)
+    try:
+        model = student.handle.peft_model
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))  # an adapter that matters
+        renderer = Renderer(student.tokenizer, PROMPT, 256)
+        queries = [Query(f"q{i}", ({"role": "user", "content": "Why is the sea so wide? " * (i + 1)},))
+                   for i in range(4)]
+        prefixes = [Prefix(ids=renderer.prefix(q, False), messages=()) for q in queries]
+        start = common_prefix([p.ids for p in prefixes])
+        assert start >= 8  # the default system message, and more
+        shapes: list[tuple[int, int]] = []
+        hook = model.get_base_model().model.register_forward_pre_hook(
+            lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=5, min_new_tokens=5)
+
+        def run(strength):
+            shapes.clear()
+            tokens = [[s.token_ids for s in g] for g in student.generate(prefixes, greedy, strength=strength)]
+            generating = list(shapes)
+            trajs = [renderer.trajectory(q, g[0]) for q, g in zip(queries, tokens)]
+            scored = student.score(trajs, full=True, strength=strength)
+            return tokens, [t.full_logprobs for t in scored], (generating, shapes[len(generating):])
+
+        try:
+            shared = {s: run(s) for s in (1.0, 0.0)}
+            monkeypatch.setattr(PeftStudent, "_shared_start", lambda self: None)
+            plain = {s: run(s) for s in (1.0, 0.0)}
+        finally:
+            hook.remove()
+        for s in (1.0, 0.0):
+            assert shared[s][0] == plain[s][0]
+            for a, b in zip(shared[s][1], plain[s][1]):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            longest = max(len(p.ids) for p in prefixes)
+            for calls, whole in ((shared[s][2], False), (plain[s][2], True)):
+                for forwards in calls:  # generating, then scoring
+                    # The start once (one row), every other forward behind it; or whole rows.
+                    assert ((1, start) in forwards) is not whole
+                    assert max(w for rows, w in forwards if rows > 1) >= longest if whole else \
+                        all(w <= longest + 5 - start for rows, w in forwards if rows > 1)
+        assert shared[1.0][0] != shared[0.0][0]  # the adapter was on for one and off for the other
+    finally:
+        student.close()

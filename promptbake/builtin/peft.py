@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
-from collections.abc import Sequence
+import types
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ from ..core.interfaces import (
 from ..core.metadata import METADATA_FILE
 from ..core.types import Prefix, Sample, Targets, Trajectory
 from . import models
+from .prefix_cache import PrefixCache, supports_shared_prefix
 from .sampling import sample_rows
 from .scoring import response_logits, same_output_layer, score_targets, split_head
 
@@ -44,7 +47,7 @@ class PeftStudent(Student):
 
     def __init__(self, model: str | None = None, head_chunk: int | None = 256, lora_rank: int = 16,
                  lora_alpha: float | None = None, lora_dropout: float = 0.0,
-                 target_modules: str | list[str] = "all-linear", bf16: bool = False):
+                 target_modules: str | list[str] = "all-linear", bf16: bool = False, bf16_grads: bool = False):
         """``lora_*`` and ``target_modules``: the LoRA adapter (``lora_alpha`` defaults to ``lora_rank``);
         also accepted as top-level settings, for 0.1's TOML files and commands.
 
@@ -53,16 +56,25 @@ class PeftStudent(Student):
         output layer where logits are made from hidden states in chunks (``full_kl``, and any loss
         above ``head_chunk`` response rows a micro-batch). It pays where bfloat16 matrix products
         are fast: CPUs with AVX-512 BF16 or AMX, GPUs with float32 weights; on the embedded model
-        it trained 1.14-1.43x faster and closed 89.76% of the gap against 89.90% (docs/performance.md)."""
+        it trained 1.14-1.43x faster and closed 89.76% of the gap against 89.90% (docs/performance.md).
+
+        ``bf16_grads``: every forward stays as loaded (float32 on CPU), and so do the loss and
+        the adapter's own gradients; only the gradients that flow back through the frozen linear
+        layers (the base model's weights under LoRA, and the output layer) are computed from
+        bfloat16 copies of those weights, made once. It costs half the frozen weights' size in
+        memory and pays on the same hardware as ``bf16`` (docs/performance.md has the figures)."""
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise ConfigError(f"lora_rank must be a positive integer, got {lora_rank!r}.")
         if lora_alpha is not None and not (isinstance(lora_alpha, int | float) and lora_alpha > 0):
             raise ConfigError(f"lora_alpha must be > 0, got {lora_alpha!r}.")
         if not (isinstance(lora_dropout, int | float) and 0 <= lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}.")
-        if not isinstance(bf16, bool):
-            raise ConfigError(f"bf16 must be true or false, got {bf16!r}.")
+        for name, value in (("bf16", bf16), ("bf16_grads", bf16_grads)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}.")
         self.bf16 = bf16
+        self.bf16_grads = bf16_grads
+        self._low: dict[torch.nn.Linear, torch.Tensor] = {}  # bfloat16 copies of frozen weights (bf16_grads)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha if lora_alpha is not None else lora_rank,
                      "lora_dropout": lora_dropout, "target_modules": target_modules}
         self.model_spec = model
@@ -121,28 +133,29 @@ class PeftStudent(Student):
         # Normalise by the response tokens of the whole optimizer step, not per micro-batch.
         num_tokens = sum(tg.num_tokens for mb in micro_batches for _, tg in mb)
         total = 0.0
-        for mb in micro_batches:
-            trajs = [t for t, _ in mb]
-            targets = BatchTargets.concat([tg for _, tg in mb], device=h.device)
-            rows = sum(t.response_len for t in trajs)
-            # full_kl holds [rows, V] teacher targets (or makes them from the teacher's hidden
-            # states through the output layer): it always goes in its own chunks.
-            chunk = getattr(loss, "chunk_size", None) if loss.needs == "full" else self.head_chunk
-            split = split_head(model, h.vocab) if chunk and (rows > chunk or targets.hidden is not None) else None
-            if targets.hidden is not None and split is None:
-                raise RuntimeError("hidden-state targets need the output layer split off the decoder")
-            if split is not None:  # large: logits chunk by chunk from hidden states
-                with self.autocast():
-                    hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                                hidden=True, vocab=h.vocab)
-                value = loss.from_hidden(hidden.float(), split[1], targets, num_tokens, chunk)
-            else:
-                with self.autocast():
-                    logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                                vocab=h.vocab)
-                value = loss(logits.float(), targets, num_tokens)
-            value.backward()
-            total += float(value.detach())
+        with self.low_precision_grads():
+            for mb in micro_batches:
+                trajs = [t for t, _ in mb]
+                targets = BatchTargets.concat([tg for _, tg in mb], device=h.device)
+                rows = sum(t.response_len for t in trajs)
+                # full_kl holds [rows, V] teacher targets (or makes them from the teacher's hidden
+                # states through the output layer): it always goes in its own chunks.
+                chunk = getattr(loss, "chunk_size", None) if loss.needs == "full" else self.head_chunk
+                split = split_head(model, h.vocab) if chunk and (rows > chunk or targets.hidden is not None) else None
+                if targets.hidden is not None and split is None:
+                    raise RuntimeError("hidden-state targets need the output layer split off the decoder")
+                if split is not None:  # large: logits chunk by chunk from hidden states
+                    with self.autocast():
+                        hidden, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                                    hidden=True, vocab=h.vocab)
+                    value = loss.from_hidden(hidden.float(), split[1], targets, num_tokens, chunk)
+                else:
+                    with self.autocast():
+                        logits, _ = response_logits(model, trajs, "unprompted", h.tokenizer.pad_token_id, h.device,
+                                                    vocab=h.vocab)
+                    value = loss(logits.float(), targets, num_tokens)
+                value.backward()
+                total += float(value.detach())
         params = [p for p in model.parameters() if p.requires_grad]
         if self.config.max_grad_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
@@ -157,6 +170,27 @@ class PeftStudent(Student):
     def autocast(self) -> Any:
         """The context of a training forward: bfloat16 autocast with ``bf16``, else nothing."""
         return torch.autocast(torch.device(self._handle.device).type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @contextlib.contextmanager
+    def low_precision_grads(self) -> Iterator[None]:
+        """With ``bf16_grads``: inside the block, each frozen linear layer of the model computes
+        its input's gradient from a bfloat16 copy of its weight (:class:`_BF16InputGrad`); its
+        forward is unchanged."""
+        if not self.bf16_grads:
+            yield
+            return
+        model = self._handle.peft_model
+        frozen = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+                  and m.weight.dtype == torch.float32 and not (m.bias is not None and m.bias.requires_grad)]
+        for layer in frozen:
+            if layer not in self._low:
+                self._low[layer] = layer.weight.detach().to(torch.bfloat16)
+            layer.forward = types.MethodType(_linear_bf16_input_grad(self._low[layer]), layer)
+        try:
+            yield
+        finally:
+            for layer in frozen:
+                del layer.forward  # the class's forward again
 
     def reads_hidden_targets(self, head: Any) -> bool:
         split = split_head(self._handle.peft_model, self._handle.vocab)
@@ -178,9 +212,10 @@ class PeftStudent(Student):
         out: list[Targets] = []
         with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             size = self.config.score_batch_size if self.config else 8
+            start = self._shared_start()
             for part in batches(trajectories, size):
                 out.extend(score_targets(h.peft_model, part, "unprompted", h.tokenizer.pad_token_id, h.device,
-                                         top_k=top_k, full=full, vocab=h.vocab))
+                                         top_k=top_k, full=full, prefix=start, vocab=h.vocab))
         return out
 
     def generate(self, prefixes: Sequence[Prefix], sampling: SamplingConfig, *,
@@ -191,7 +226,14 @@ class PeftStudent(Student):
         size = (self.config or BakeConfig).generate_batch_size
         with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             return sample_rows(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
-                               h.device, size, vocab=h.vocab)
+                               h.device, size, prefix=self._shared_start(), vocab=h.vocab)
+
+    def _shared_start(self) -> PrefixCache | None:
+        """An empty cache for what the unprompted renderings of one call all start with (a chat
+        template's default system message, as SmolLM2's): filled on first use, inside the call,
+        so with the adapter as that call runs it; the rows attend to it in place instead of
+        each running it again. None where the model has no shared-prefix attention."""
+        return PrefixCache() if supports_shared_prefix(self._handle.peft_model) else None
 
     def load_adapter(self, path: str) -> None:
         from peft import set_peft_model_state_dict
@@ -233,7 +275,35 @@ class PeftStudent(Student):
         state.load_torch_state(path, self._handle.peft_model, self.optimizer, self.scheduler)
 
     def close(self) -> None:
+        self._low.clear()
         # Give the shared base model back without the adapter layers.
         if self.handle is not None and self.handle.peft_model is not None:
             self.handle.model = models.without_adapter(self.handle.peft_model)
             self.handle.peft_model = None
+
+
+class _BF16InputGrad(torch.autograd.Function):
+    """``linear(x, weight, bias)`` as usual, with the gradient towards ``x`` computed from
+    ``low``, a bfloat16 copy of the frozen ``weight`` (no gradient to the weight or bias)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                low: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(low)
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (low,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return torch.matmul(grad.to(low.dtype), low).to(grad.dtype), None, None, None
+
+
+def _linear_bf16_input_grad(low: torch.Tensor) -> Any:
+    def forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _BF16InputGrad.apply(x, layer.weight, layer.bias, low)
+        return torch.nn.functional.linear(x, layer.weight, layer.bias)
+
+    return forward

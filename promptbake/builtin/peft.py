@@ -179,17 +179,16 @@ class PeftStudent(Student):
         if not self.bf16_grads:
             yield
             return
-        model = self._handle.peft_model
-        frozen = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
-                  and m.weight.dtype == torch.float32 and not (m.bias is not None and m.bias.requires_grad)]
-        for layer in frozen:
-            if layer not in self._low:
-                self._low[layer] = layer.weight.detach().to(torch.bfloat16)
-            layer.forward = types.MethodType(_linear_bf16_input_grad(self._low[layer]), layer)
+        if not self._low:  # the weights are frozen: copied once
+            self._low = {m: m.weight.detach().to(torch.bfloat16) for m in self._handle.peft_model.modules()
+                         if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32
+                         and not any(p.requires_grad for p in m.parameters())}
+        for layer, low in self._low.items():
+            layer.forward = types.MethodType(_linear_bf16_input_grad(low), layer)
         try:
             yield
         finally:
-            for layer in frozen:
+            for layer in self._low:
                 del layer.forward  # the class's forward again
 
     def reads_hidden_targets(self, head: Any) -> bool:

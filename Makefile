@@ -10,7 +10,7 @@ PROMPT ?= examples/prompts/french.txt
 OUT    ?= runs/french
 PROBES ?= --probe language=fr
 # On CPUs with bfloat16 matrix instructions (AVX-512 BF16, AMX), the peft student's gradients
-# through the frozen weights come from bfloat16 copies: 1.28x faster training at the same gap
+# through the frozen weights come from bfloat16 copies: 1.10-1.28x faster training at the same gap
 # (docs/performance.md). Elsewhere bfloat16 products are slow, so not there. BAKE_OPTIONS= turns it off.
 BF16_CPU := $(shell grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo yes)
 BAKE_OPTIONS ?= $(if $(BF16_CPU),-s student_options.bf16_grads=true)

@@ -3,6 +3,10 @@
 The hashes were taken from the code before the stage refactor (issue 20) and must stay as they are.
 A change that is meant to alter the result (a correctness fix) says so in its commit and
 updates them with the reason; anything else that moves them is a regression.
+
+Updated once, in issue 23: shared-prefix decoding samples by inverting the cumulative
+distribution (``sampling.draw``) instead of ``torch.multinomial``. Both draw from the same
+distribution, but not the same tokens for a seed, so the teacher's trajectories changed.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ PROMPT = "Always answer like a pirate, matey."
 
 # sha256 over the adapter's tensors (name, dtype, shape, bytes), in name order.
 PINNED = {
-    "full_kl": "90fbaae9ba3cd98abb40a8ca6af70cbf7ca0df1d16971914a0f7bffb32770948",
-    "topk_kl": "2ecf98a4dc6f58fb30b0cff806eb6441e8dee551c7a9cec4c2b85a611a7e620a",
+    "full_kl": "c8b27dc9fd4dd03d3776e086bbd719b1563bf8978e29afb39a43a0358273547e",
+    "topk_kl": "8dee9341eefcc15da3d36fe11a2fcce1d36267af1e1f885f309d27a3d9b004f0",
 }
 
 

@@ -174,3 +174,22 @@ def test_generate_runs_each_prefix_once_for_its_n_rows(cached, monkeypatch):
         hook.remove()
     assert [row for group in got for row in group] == want
     assert widths[-1] == len(prefixes)  # the prefill: one row per prefix, not per sample
+
+
+def test_draw_samples_the_softmax_and_never_a_masked_token():
+    """decode_shared's sampler (inverse CDF at one uniform per row) draws each token at its
+    softmax probability, never one whose score is -inf, and repeats itself for a seed."""
+    scores = torch.tensor([2.0, 0.5, float("-inf"), -1.0, 1.0, -8.0])
+    probs = scores.softmax(-1)
+    rows = 200_000
+    drawn = sampling_mod.draw(scores.expand(rows, -1), torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=len(scores)).double()
+    assert counts[2] == 0
+    sigma = (rows * probs * (1 - probs)).double().sqrt()
+    assert ((counts - rows * probs.double()).abs() <= 5 * sigma + 1).all(), (counts / rows, probs)
+    again = sampling_mod.draw(scores.expand(rows, -1), torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+    # One likely token among many unlikely ones, and rows of other distributions side by side.
+    peaked = torch.full((2, 49152), -30.0)
+    peaked[0, 7], peaked[1, 49151] = 10.0, 10.0
+    assert sampling_mod.draw(peaked, torch.Generator().manual_seed(1)).tolist() == [7, 49151]

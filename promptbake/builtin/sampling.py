@@ -244,7 +244,7 @@ def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: Pr
             if greedy:
                 token = scores.argmax(-1)
             else:
-                token = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+                token = draw(scores, generator)
             new[alive, step] = token
             finished |= torch.isin(token, stop)
             if step + 1 == sampling.max_new_tokens or bool(finished.all()):
@@ -259,6 +259,22 @@ def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: Pr
                            **call).logits[:, -1]
             position = position + 1
     return new.tolist()
+
+
+def draw(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from ``softmax(scores)`` [rows, V] by inverting its cumulative sum
+    (in float64) at one uniform draw per row: the categorical distribution exactly, and a
+    token whose score is ``-inf`` is never drawn. ``torch.multinomial`` draws one exponential
+    variate per vocabulary entry instead, which costs most of a decoding step on a CPU
+    (docs/performance.md, "Sampling")."""
+    weights = (scores - scores.amax(-1, keepdim=True)).exp().double()
+    cdf = weights.cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand((scores.shape[0], 1), generator=generator, dtype=torch.float64, device=scores.device)
+    # Below the total even where u * total rounds up to it, so some position exceeds it; the
+    # first one that does has a weight above zero (a flat step never exceeds what it follows).
+    at = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, at, right=True)[:, 0]
 
 
 def cut_at_stop(seq: list[int], stop: Sequence[int]) -> tuple[list[int], bool]:

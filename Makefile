@@ -9,13 +9,13 @@ STAMP  := $(VENV)/.installed
 PROMPT ?= examples/prompts/french.txt
 OUT    ?= runs/french
 PROBES ?= --probe language=fr
-# On CPUs with bfloat16 matrix instructions (AVX-512 BF16, AMX), the peft student's gradients
-# through the frozen weights come from bfloat16 copies: 1.10-1.28x faster training at the same gap
-# (docs/performance.md). Elsewhere bfloat16 products are slow, so not there. BAKE_OPTIONS= turns it off.
 # The embedded bake's 304 trajectories: 2 epochs of 2 trajectories a step close more of the gap
 # than the library's default 3 epochs of 8 (90.4% against 89.9%), in 0.8 of the training time
 # on a CPU, where a step's cost grows with its rows (docs/performance.md). SCHEDULE= for the defaults.
 SCHEDULE ?= -s epochs=2 -s batch_size=2
+# On CPUs with bfloat16 matrix instructions (AVX-512 BF16, AMX), the peft student's gradients
+# through the frozen weights come from bfloat16 copies: 1.10-1.28x faster training at the same gap
+# (docs/performance.md). Elsewhere bfloat16 products are slow, so not there. BAKE_OPTIONS= turns it off.
 BF16_CPU := $(shell grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo yes)
 BAKE_OPTIONS ?= $(if $(BF16_CPU),-s student_options.bf16_grads=true)
 

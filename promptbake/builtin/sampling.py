@@ -210,8 +210,9 @@ def decode_shared(model: Any, prefixes: list[list[int]], shared: int, prefix: Pr
     Each prefix's own tokens are run once and their KV repeated for its ``n`` rows.
     The next-token distribution goes through :func:`processors`, which see what
     ``model.generate`` would (the shared start, each row's left-padded rest, then the new
-    tokens), so both paths sample alike. What follows a row's first stop id is filler
-    (callers cut there); stopped rows leave the batch once enough have.
+    tokens), so both paths sample the same distribution (each token drawn by :func:`draw`
+    here, by ``torch.multinomial`` inside ``model.generate``). What follows a row's first stop
+    id is filler (callers cut there); stopped rows leave the batch once enough have.
     """
     greedy = sampling.temperature == 0
     generator = torch.Generator(device=device).manual_seed(seed)

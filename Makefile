@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed
 PROMPT ?= examples/prompts/french.txt
 OUT    ?= runs/french
 PROBES ?= --probe language=fr
-# The embedded bake's 304 trajectories: 2 epochs of 2 trajectories a step close more of the gap
-# than the library's default 3 epochs of 8 (90.4% against 89.9%), in 0.8 of the training time
-# on a CPU, where a step's cost grows with its rows (docs/performance.md). SCHEDULE= for the defaults.
+# The embedded bake's 304 trajectories: 2 epochs of 2 trajectories a step close about as much of
+# the gap as the library's default 3 epochs of 8 (90.35/89.90% and 90.50/90.70% on two bakes' data)
+# in 0.8 of the training time on a CPU, where a step's cost grows with its rows
+# (docs/performance.md). SCHEDULE= for the defaults.
 SCHEDULE ?= -s epochs=2 -s batch_size=2
 # On CPUs with bfloat16 matrix instructions (AVX-512 BF16, AMX), the peft student's gradients
 # through the frozen weights come from bfloat16 copies: 1.10-1.28x faster training at the same gap

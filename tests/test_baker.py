@@ -74,6 +74,33 @@ def test_kl_bake_lowers_heldout_kl(tiny_model, bake_settings, loss):
         assert mean == pytest.approx(e[f"kl_prompted_{side}"], rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["topk_kl", "full_kl"])
+def test_a_model_loaded_in_bfloat16_bakes_and_evaluates(tiny_model, bake_settings, loss):
+    """``dtype="bfloat16"`` (what ``auto`` loads on a CUDA GPU): the teacher samples and scores,
+    the student trains and the evaluation runs on bfloat16 weights, the adapter's own in float32
+    (peft's default). full_kl's hidden-state targets go through the bfloat16 output layer."""
+    import copy
+
+    from promptbake.builtin import models
+
+    spec = tiny_model()
+    plain = models.cached(spec)
+    low = models.ModelHandle(spec=spec, model=copy.deepcopy(plain.model).to(torch.bfloat16),
+                             tokenizer=plain.tokenizer, device="cpu")
+    models.register_handle(low, dtype="bfloat16")
+    try:
+        settings = {**bake_settings, "epochs": 4, "lr": 3e-3, "max_queries": 10, "dtype": "bfloat16"}
+        result = Baker(PROMPT, loss=loss, model=spec, **settings).run()
+        assert {p.dtype for p in low.model.parameters()} == {torch.bfloat16}
+    finally:
+        models.release(low)
+    e = result.eval
+    assert e["kl_prompted_baked"] < 0.8 * e["kl_prompted_base"]
+    assert result.metrics["steps"] > 0
+    saved = load_file(result.adapter_path / "adapter_model.safetensors")
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+
+
 def test_same_seed_same_adapter(tiny_model, bake_settings, tmp_path):
     spec = tiny_model()
     a = Baker(PROMPT, model=spec, **{**bake_settings, "out": str(tmp_path / "a")}).run()

@@ -46,16 +46,16 @@ def chunked_loss(loss: Loss, hidden: torch.Tensor, head: Any, targets: BatchTarg
     grads: list[torch.Tensor | None] = [torch.zeros_like(flat) if wants_hidden else None]
     grads += [torch.zeros_like(p) for p in params]
     total = torch.zeros((), dtype=torch.float32, device=flat.device)
+    weight = next(iter(head.parameters()))  # rows go through the head in its own dtype (bfloat16 models)
     for start in range(0, flat.shape[0], chunk_size):
         part = targets.rows(slice(start, start + chunk_size))
         if part.hidden is not None and part.full_logprobs is None:
             with torch.no_grad():  # the teacher's logits: its hidden states through the shared, frozen head
-                weight = next(iter(head.parameters()))
                 part.full_logprobs = torch.log_softmax(head(part.hidden.to(weight.device, weight.dtype)).float(), -1)
         rows = flat[start: start + chunk_size].requires_grad_(wants_hidden)
         wrt = ([rows] if wants_hidden else []) + params
         with torch.set_grad_enabled(bool(wrt)):
-            value = part.weighted(loss.per_token(head(rows), part)).sum()
+            value = part.weighted(loss.per_token(head(rows.to(weight.dtype)), part)).sum()
             found = torch.autograd.grad(value, wrt, allow_unused=True) if wrt and value.requires_grad else ()
         if found:
             if wants_hidden and found[0] is not None:

@@ -260,6 +260,28 @@ def test_bf16_training_runs_the_decoder_in_bfloat16_and_keeps_float32_gradients(
     assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99  # ...the same step
 
 
+def test_generate_bf16_reaches_every_local_sampler(tiny_model, bake_settings, monkeypatch):
+    """``generate_bf16``: the hf teacher's samples and the peft student's answers decode with
+    bfloat16 products (sample_rows' ``bf16``); off by default."""
+    from promptbake.builtin import hf, peft
+
+    seen: dict[str, set[bool]] = {"teacher": set(), "student": set()}
+    for module, side in ((hf, "teacher"), (peft, "student")):
+        def spy(*args, _real=module.sample_rows, _side=side, **kwargs):
+            seen[_side].add(kwargs.get("bf16", False))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, "sample_rows", spy)
+    spec = tiny_model()
+    Baker(PROMPT, model=spec, **{**bake_settings, "out": bake_settings["out"] + "-plain"}).run()
+    assert seen == {"teacher": {False}, "student": {False}}
+    seen = {"teacher": set(), "student": set()}
+    e = Baker(PROMPT, model=spec, generate_bf16=True, **bake_settings).run().eval
+    assert seen == {"teacher": {True}, "student": {True}}
+    assert e["trajectories"] == 3 and e["kl_prompted_base"] > 0
+    with pytest.raises(ConfigError, match="generate_bf16 must be true or false"):
+        BakeConfig(prompt=PROMPT, generate_bf16="yes")
+
+
 def test_bf16_must_be_a_boolean():
     with pytest.raises(ConfigError, match="bf16 must be true or false"):
         PeftStudent(bf16="yes")

@@ -193,3 +193,56 @@ def test_draw_samples_the_softmax_and_never_a_masked_token():
     peaked = torch.full((2, 49152), -30.0)
     peaked[0, 7], peaked[1, 49151] = 10.0, 10.0
     assert sampling_mod.draw(peaked, torch.Generator().manual_seed(1)).tolist() == [7, 49151]
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["shared-prefix decoding", "model.generate"])
+def test_bf16_decoding_takes_the_frozen_products_in_bfloat16_and_leaves_the_prompt_cache_as_loaded(
+        cached, monkeypatch):
+    """``generate_bf16``: every linear product of the decoding forwards comes from a bfloat16
+    copy of the frozen weight, while the system prompt's KV (which scoring shares) is computed
+    from the float32 weights; afterwards the layers and weights are as they were."""
+    from promptbake.builtin import prefix_cache
+
+    tok = make_tokenizer("smollm2")
+    model = make_tiny_llama(tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prefixes = _prefixes(tok)
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, min_new_tokens=1, seed=3)
+    if not cached:  # the path of families without shared-prefix attention
+        monkeypatch.setattr(sampling_mod, "supports_shared_prefix", lambda m: False)
+    products: dict[str, set[torch.dtype]] = {"prompt": set(), "decoding": set()}
+    where = ["decoding"]
+
+    def as_loaded(fn):  # the prompt's KV, and the shared-prefix check against the model's own logits
+        def run(*args, **kwargs):
+            where.append("prompt")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                where.pop()
+        return run
+
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(prefix_cache.PrefixCache, "usable", as_loaded(prefix_cache.PrefixCache.usable))
+    monkeypatch.setattr(prefix_cache, "_matches_on_probe", as_loaded(prefix_cache._matches_on_probe))
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda x, w, b=None: products[where[-1]].add(w.dtype) or linear(x, w, b))
+    cache = PrefixCache()
+    got = sample_rows(model, prefixes, sampling, tok.pad_token_id, "cpu", 6, cache, bf16=True)
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    assert products == {"prompt": {torch.float32}, "decoding": {torch.bfloat16}}
+    assert len(got) == len(prefixes) and all(len(g) == 2 and g[0].token_ids for g in got)
+    # The prompt's KV is what the float32 model gives: scoring reads it as if no bf16 decoding ran.
+    fresh = PrefixCache()
+    fresh.usable(model, [p for p in prefixes], len(cache.ids), "cpu")
+    assert fresh.ids == cache.ids
+    for layer in range(model.config.num_hidden_layers):
+        for mine, theirs in zip(cache.layer(layer), fresh.layer(layer)):
+            assert mine.dtype == torch.float32 and torch.equal(mine, theirs)
+    assert not any("forward" in vars(m) for m in model.modules())  # the class's forward again
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # The same distribution up to bfloat16 rounding: greedy tokens as float32's on most rows.
+    greedy = dataclasses.replace(sampling, temperature=0.0, n=1)
+    low = _tokens(sample_rows(model, prefixes, greedy, tok.pad_token_id, "cpu", 6, PrefixCache(), bf16=True))
+    plain = _tokens(sample_rows(model, prefixes, greedy, tok.pad_token_id, "cpu", 6, PrefixCache()))
+    assert sum(a[0][0] == b[0][0] for a, b in zip(low, plain)) >= len(prefixes) - 1

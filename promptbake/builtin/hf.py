@@ -41,6 +41,7 @@ class HFTeacher(Teacher):
         self.score_batch_size = score_batch_size
         self.handle: models.ModelHandle | None = None
         self.show_progress = True
+        self.generate_bf16 = False
 
     def setup(self, config: BakeConfig) -> None:
         spec = self.model_spec or config.teacher_model or config.model
@@ -49,6 +50,7 @@ class HFTeacher(Teacher):
         # (new caches per setup: a cache belongs to one model's weights).
         self.prefixes = {"prompted": PrefixCache(), "unprompted": PrefixCache()} if self.prefix_cache else None
         self.generate_batch_size = self.generate_batch_size or config.generate_batch_size
+        self.generate_bf16 = config.generate_bf16
         self.score_batch_size = self.score_batch_size or config.score_batch_size
         self.show_progress = config.progress
 
@@ -70,7 +72,7 @@ class HFTeacher(Teacher):
         with h.adapter_disabled(), models.eval_mode(h.trainable):
             return sample_rows(h.model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
                                h.device, self.generate_batch_size or BakeConfig.generate_batch_size, prefix,
-                               self.show_progress, vocab=h.vocab)
+                               self.show_progress, vocab=h.vocab, bf16=self.generate_bf16)
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Trajectory], *, top_k: int | None, full: bool,

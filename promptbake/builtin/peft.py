@@ -28,6 +28,7 @@ from ..core.interfaces import (
 from ..core.metadata import METADATA_FILE
 from ..core.types import Prefix, Sample, Targets, Trajectory
 from . import models
+from .low_precision import linear_copies
 from .prefix_cache import PrefixCache, supports_shared_prefix
 from .sampling import sample_rows
 from .scoring import response_logits, same_output_layer, score_targets, split_head
@@ -180,9 +181,7 @@ class PeftStudent(Student):
             yield
             return
         if not self._low:  # the weights are frozen: copied once
-            self._low = {m: m.weight.detach().to(torch.bfloat16) for m in self._handle.peft_model.modules()
-                         if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32
-                         and not any(p.requires_grad for p in m.parameters())}
+            self._low = linear_copies(self._handle.peft_model, frozen_only=True)
         for layer, low in self._low.items():
             layer.forward = types.MethodType(_linear_bf16_input_grad(low), layer)
         try:
@@ -222,10 +221,11 @@ class PeftStudent(Student):
         h = self._handle
         if not sampling.stop_ids:
             sampling = dataclasses.replace(sampling, stop_ids=[h.tokenizer.eos_token_id])
-        size = (self.config or BakeConfig).generate_batch_size
+        config = self.config or BakeConfig  # the defaults before setup
         with models.adapter_scale(h.peft_model, strength), models.eval_mode(h.peft_model):
             return sample_rows(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
-                               h.device, size, prefix=self._shared_start(), vocab=h.vocab)
+                               h.device, config.generate_batch_size, prefix=self._shared_start(), vocab=h.vocab,
+                               bf16=config.generate_bf16)
 
     def _shared_start(self) -> PrefixCache | None:
         """An empty cache for what the unprompted renderings of one call all start with (a chat

@@ -114,9 +114,9 @@ class PrefixStudent(PeftStudent):
             return super().generate(prefixes, sampling, strength=strength)
         models.adapter_scale(self._handle.peft_model, strength)  # refuses strengths a prefix has not
         h = self._handle
-        size = (self.config or BakeConfig).generate_batch_size
+        config = self.config or BakeConfig  # the defaults before setup
         return sample_after_prefix(h.peft_model, [list(p.ids) for p in prefixes], sampling, h.tokenizer.pad_token_id,
-                                   h.device, size, h.vocab)
+                                   h.device, config.generate_batch_size, h.vocab, config.generate_bf16)
 
     def _handle_tokenizer(self) -> Any:
         assert self.handle is not None
@@ -138,12 +138,14 @@ class SoftPrefix(PrefixCache):
 
 
 def sample_after_prefix(peft_model: Any, prefixes: Sequence[list[int]], sampling: SamplingConfig, pad_id: int,
-                        device: Any, batch_size: int, vocab: int | None = None) -> list[list[Sample]]:
+                        device: Any, batch_size: int, vocab: int | None = None,
+                        bf16: bool = False) -> list[list[Sample]]:
     """``sampling.n`` samples per token prefix from a prefix-tuned PEFT model: its base model
-    decoding after the soft prefix's KV (see the module docstring for why not PEFT's generate)."""
+    decoding after the soft prefix's KV (see the module docstring for why not PEFT's generate);
+    ``bf16`` as in :func:`sample_rows`."""
     soft = SoftPrefix(peft_model)
     # Each row starts with one placeholder per virtual token: the prefix's KV takes their place.
     rows = [[pad_id] * soft.length + list(p) for p in prefixes]
     with models.eval_mode(peft_model):
         return sample_rows(peft_model.get_base_model(), rows, sampling, pad_id, device, batch_size, prefix=soft,
-                           vocab=vocab)
+                           vocab=vocab, bf16=bf16)

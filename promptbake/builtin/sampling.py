@@ -28,6 +28,7 @@ from ..core.interfaces import SamplingConfig
 from ..core.progress import progress
 from ..core.types import Sample
 from . import hf_internals
+from .low_precision import bf16_products, linear_copies
 from .prefix_cache import (
     PREFIX_KWARG,
     PrefixCache,
@@ -46,12 +47,15 @@ COMPACT_SHARE = 0.25
 @torch.no_grad()
 def sample_rows(model: Any, prefixes: Sequence[list[int]], sampling: SamplingConfig, pad_id: int, device: Any,
                 batch_size: int = 16, prefix: PrefixCache | None = None, show_progress: bool = False,
-                label: str = "generate", vocab: int | None = None) -> list[list[Sample]]:
+                label: str = "generate", vocab: int | None = None, bf16: bool = False) -> list[list[Sample]]:
     """``sampling.n`` samples for each token prefix, in order, cut after the first stop id.
 
     A :class:`PrefixCache` (the rendered system prompt's KV, shared with scoring)
     saves running the shared start of every row again. ``vocab``: only the first
     ``vocab`` tokens are ever drawn (the tokenizer's; the output layer may have more rows).
+    ``bf16``: the decoding forwards take every float32 linear layer's product in
+    bfloat16 (:mod:`.low_precision`; the ``generate_bf16`` setting); the prefix cache, which
+    scoring shares, is computed as loaded all the same.
     """
     stop = list(sampling.stop_ids)
     chunk = max(1, batch_size // sampling.n)
@@ -66,15 +70,20 @@ def sample_rows(model: Any, prefixes: Sequence[list[int]], sampling: SamplingCon
     else:
         parts = batches(indexed, chunk)
     out: list[list[Sample]] = [[] for _ in indexed]
+    copies = linear_copies(model) if bf16 else {}  # made once a call, dropped after it
     for i, part in enumerate(progress(parts, label, show_progress, leave=False)):
         seed = sampling.seed * 100003 + i
         rows = [p for _, p in part]
+        # Outside the bfloat16 products: the prefix's KV (scoring reads it too) and the
+        # shared-prefix check (a probe against the model's own logits).
         shared = prefix.usable(model, rows, min(len(p) for p in rows) - 1, device) if prefix else 0
-        if shared and supports_shared_prefix(model):
-            new = decode_shared(model, rows, shared, prefix, sampling, pad_id, device, seed,  # type: ignore[arg-type]
-                                vocab)
-        else:
-            new = _generate(model, rows, shared, prefix, sampling, pad_id, device, seed, vocab)
+        in_place = bool(shared) and supports_shared_prefix(model)
+        with bf16_products(copies):
+            if in_place:
+                new = decode_shared(model, rows, shared, prefix, sampling, pad_id, device, seed,  # type: ignore[arg-type]
+                                    vocab)
+            else:
+                new = _generate(model, rows, shared, prefix, sampling, pad_id, device, seed, vocab)
         for row, (index, _) in enumerate(part):
             out[index] = [Sample(*cut_at_stop(seq, stop)) for seq in new[row * sampling.n: (row + 1) * sampling.n]]
     return out

@@ -73,6 +73,10 @@ class BakeConfig:
     device: str = "auto"
     score_batch_size: int = 8
     generate_batch_size: int = 64  # rows decoded together (decoding a few rows at a time is memory-bound)
+    # Local models decode (samples, answers) with their float32 linear layers' products in
+    # bfloat16: faster where bfloat16 products are (AVX-512 BF16/AMX CPUs); scoring, training and
+    # every KL stay as loaded (low_precision.py).
+    generate_bf16: bool = False
     out: str | None = None
     target_cache: str | None = None  # a folder shared by runs: same key, no teacher calls
     on_policy: float = 0.0  # fraction of each epoch's data sampled by the student itself (see onpolicy.py)
@@ -168,6 +172,8 @@ class BakeConfig:
                               f"the teacher), got {self.followups!r}.")
         if not isinstance(self.generation_config, bool):
             raise ConfigError(f"generation_config must be true or false, got {self.generation_config!r}.")
+        if not isinstance(self.generate_bf16, bool):
+            raise ConfigError(f"generate_bf16 must be true or false, got {self.generate_bf16!r}.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run directory and --overwrite replaces it; pass one of them.")
         for name in ("teacher_options", "student_options", "loss_options", "chat_template_kwargs"):

@@ -14,13 +14,14 @@ PROBES ?= --probe language=fr
 # in 0.8 of the training time on a CPU, where a step's cost grows with its rows
 # (docs/performance.md). SCHEDULE= for the defaults.
 SCHEDULE ?= -s epochs=2 -s batch_size=2
-# On CPUs with bfloat16 matrix instructions (AVX-512 BF16, AMX), the peft student's gradients
-# through the frozen weights come from bfloat16 copies (1.10-1.28x faster training at the same
-# gap), and decoding (the teacher's samples, the evaluation's answers) takes its products in
-# bfloat16 (1.5-1.6x), while scoring, training's forward and every KL stay float32
-# (docs/performance.md). Elsewhere bfloat16 products are slow, so not there. BAKE_OPTIONS= turns both off.
+# On CPUs with bfloat16 matrix instructions (AVX-512 BF16, AMX), the peft student's products
+# through the decoder's frozen weights, forward and backward, come from bfloat16 copies (1.28x
+# faster training at the same gap), and decoding (the teacher's samples, the evaluation's answers)
+# takes its products in bfloat16 (1.5-1.6x), while scoring, the output layer, the loss and every
+# KL stay float32 (docs/performance.md). Elsewhere bfloat16 products are slow, so not there.
+# BAKE_OPTIONS= turns them off.
 BF16_CPU := $(shell grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo yes)
-BAKE_OPTIONS ?= $(if $(BF16_CPU),-s student_options.bf16_grads=true -s generate_bf16=true)
+BAKE_OPTIONS ?= $(if $(BF16_CPU),-s student_options.bf16_grads=true -s student_options.bf16_forward=true -s generate_bf16=true)
 
 .PHONY: install bake test test-fast bench clean chromium
 

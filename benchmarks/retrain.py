@@ -11,7 +11,8 @@ trajectories as the evaluation stage does. A variant is ``float32`` (the bake as
 ``bf16`` (the peft student's ``bf16`` option: its decoder's forward and backward under bfloat16
 autocast, the output layer, loss, weights and optimizer in float32), ``bf16_grads`` (its
 ``bf16_grads`` option: every forward in float32, the gradients through the frozen linear layers
-from bfloat16 copies of their weights), or bake settings
+from bfloat16 copies of their weights), ``bf16_forward`` (the decoder's frozen products from
+those copies in the forward too), several joined with ``+``, or bake settings
 (``key=value,...``: training settings such as epochs and lr; the trajectories stay the run's).
 """
 
@@ -53,8 +54,9 @@ def settings_of(variant: str, config: dict) -> dict:
     """The settings a variant changes in the run's ``config``."""
     if variant == "float32":
         return {}
-    if variant in ("bf16", "bf16_grads"):  # the peft student's options
-        return {"student_options": {**config.get("student_options", {}), variant: True}}
+    flags = variant.split("+")  # the peft student's options, e.g. bf16_grads+bf16_forward
+    if all(flag in ("bf16", "bf16_grads", "bf16_forward") for flag in flags):
+        return {"student_options": {**config.get("student_options", {}), **dict.fromkeys(flags, True)}}
     return {k: json.loads(v) for k, v in (part.split("=", 1) for part in variant.split(","))}
 
 

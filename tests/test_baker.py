@@ -287,6 +287,8 @@ def test_bf16_must_be_a_boolean():
         PeftStudent(bf16="yes")
     with pytest.raises(ConfigError, match="bf16_grads must be true or false"):
         PeftStudent(bf16_grads=1)
+    with pytest.raises(ConfigError, match="bf16_forward must be true or false"):
+        PeftStudent(bf16_forward="no")
 
 
 @pytest.mark.parametrize("head_chunk", [None, 4], ids=["logits", "hidden-state chunks"])
@@ -309,6 +311,35 @@ def test_bf16_grads_keeps_every_forward_in_float32_and_takes_gradients_through_b
     assert all(g.dtype == torch.float32 for g in low.values())
     assert not torch.equal(*flat)  # gradients through bfloat16 weights...
     assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.999  # ...pointing the same way
+
+
+@pytest.mark.parametrize("head_chunk", [None, 4], ids=["logits", "hidden-state chunks"])
+def test_bf16_forward_takes_the_decoders_frozen_products_from_the_copies_and_keeps_the_head_float32(
+        tiny_model, bake_settings, head_chunk, monkeypatch):
+    spec = tiny_model()
+    config = BakeConfig(prompt=PROMPT, model=spec, **{**bake_settings, "max_grad_norm": 0.0})
+    plain_seen, low_seen = {}, {}
+    plain, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk, seen=plain_seen)
+    products: dict[str, set[torch.dtype]] = {"head": set(), "decoder": set()}
+    linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):  # every product: the teacher's (float32) and the step's
+        products["head" if w.shape[0] >= 100 else "decoder"].add(w.dtype)  # the head: a vocabulary's rows
+        return linear(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    low, _ = _grads_after_step(spec, config, lambda p: [p], head_chunk, seen=low_seen, bf16_forward=True)
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    # Forward products from the decoder's bfloat16 copies (bf16_grads alone makes none: its
+    # backward is a matmul); the adapter's and the teacher's float32; the head's always float32.
+    assert products["decoder"] == {torch.bfloat16, torch.float32} and products["head"] == {torch.float32}
+    assert low_seen["low"] and all(w.dtype == torch.bfloat16 for w in low_seen["low"].values())
+    assert not low_seen["patched"]  # layers are themselves again after the step
+    assert low_seen["metrics"]["loss"] != plain_seen["metrics"]["loss"]  # another forward...
+    assert low_seen["metrics"]["loss"] == pytest.approx(plain_seen["metrics"]["loss"], rel=0.05)
+    flat = [torch.cat([g[n].flatten() for n in sorted(plain)]) for g in (plain, low)]
+    assert low.keys() == plain.keys() and all(g.dtype == torch.float32 for g in low.values())
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99  # ...the same step
 
 
 def test_gradient_accumulation_normalises_by_the_whole_step(tiny_model, bake_settings):

@@ -196,7 +196,7 @@ def test_draw_samples_the_softmax_and_never_a_masked_token():
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["shared-prefix decoding", "model.generate"])
-def test_bf16_decoding_takes_the_frozen_products_in_bfloat16_and_leaves_the_prompt_cache_as_loaded(
+def test_bf16_decoding_takes_every_product_in_bfloat16_and_leaves_the_prompt_cache_as_loaded(
         cached, monkeypatch):
     """``generate_bf16``: every linear product of the decoding forwards comes from a bfloat16
     copy of the frozen weight, while the system prompt's KV (which scoring shares) is computed

@@ -45,9 +45,15 @@ def bf16_products(copies: dict[torch.nn.Linear, torch.Tensor]) -> Iterator[None]
             vars(layer).pop("forward", None)  # the class's forward again
 
 
+def low_linear(x: torch.Tensor, low: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``linear(x, weight, bias)`` with the product from ``low``, the weight's bfloat16 copy:
+    ``x`` goes in as bfloat16 and the output comes back in ``x``'s dtype, before the bias."""
+    out = torch.nn.functional.linear(x.to(low.dtype), low).to(x.dtype)
+    return out if bias is None else out + bias
+
+
 def _forward_through(low: torch.Tensor) -> Any:
     def forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.linear(x.to(low.dtype), low).to(x.dtype)
-        return out if layer.bias is None else out + layer.bias
+        return low_linear(x, low, layer.bias)
 
     return forward

@@ -28,8 +28,8 @@ from ..core.interfaces import (
 from ..core.metadata import METADATA_FILE
 from ..core.types import Prefix, Sample, Targets, Trajectory
 from . import models
-from .low_precision import linear_copies
-from .prefix_cache import PrefixCache, supports_shared_prefix
+from .low_precision import linear_copies, low_linear
+from .prefix_cache import PrefixCache, supports_shared_prefix, unwrapped
 from .sampling import sample_rows
 from .scoring import response_logits, same_output_layer, score_targets, split_head
 
@@ -48,7 +48,8 @@ class PeftStudent(Student):
 
     def __init__(self, model: str | None = None, head_chunk: int | None = 256, lora_rank: int = 16,
                  lora_alpha: float | None = None, lora_dropout: float = 0.0,
-                 target_modules: str | list[str] = "all-linear", bf16: bool = False, bf16_grads: bool = False):
+                 target_modules: str | list[str] = "all-linear", bf16: bool = False, bf16_grads: bool = False,
+                 bf16_forward: bool = False):
         """``lora_*`` and ``target_modules``: the LoRA adapter (``lora_alpha`` defaults to ``lora_rank``);
         also accepted as top-level settings, for 0.1's TOML files and commands.
 
@@ -63,18 +64,23 @@ class PeftStudent(Student):
         the adapter's own gradients; only the gradients that flow back through the frozen linear
         layers (the base model's weights under LoRA, and the output layer) are computed from
         bfloat16 copies of those weights, made once. It costs half the frozen weights' size in
-        memory and pays on the same hardware as ``bf16`` (docs/performance.md has the figures)."""
+        memory and pays on the same hardware as ``bf16`` (docs/performance.md has the figures).
+
+        ``bf16_forward``: as ``bf16_grads``, and the decoder's frozen linear layers also compute
+        their forward products from those copies (input in bfloat16, output back in float32);
+        the output layer, the adapter's own layers, norms, attention and the loss stay float32."""
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise ConfigError(f"lora_rank must be a positive integer, got {lora_rank!r}.")
         if lora_alpha is not None and not (isinstance(lora_alpha, int | float) and lora_alpha > 0):
             raise ConfigError(f"lora_alpha must be > 0, got {lora_alpha!r}.")
         if not (isinstance(lora_dropout, int | float) and 0 <= lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}.")
-        for name, value in (("bf16", bf16), ("bf16_grads", bf16_grads)):
+        for name, value in (("bf16", bf16), ("bf16_grads", bf16_grads), ("bf16_forward", bf16_forward)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be true or false, got {value!r}.")
         self.bf16 = bf16
-        self.bf16_grads = bf16_grads
+        self.bf16_grads = bf16_grads or bf16_forward
+        self.bf16_forward = bf16_forward
         self._low: dict[torch.nn.Linear, torch.Tensor] = {}  # bfloat16 copies of frozen weights (bf16_grads)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha if lora_alpha is not None else lora_rank,
                      "lora_dropout": lora_dropout, "target_modules": target_modules}
@@ -176,14 +182,18 @@ class PeftStudent(Student):
     def low_precision_grads(self) -> Iterator[None]:
         """With ``bf16_grads``: inside the block, each frozen linear layer of the model computes
         its input's gradient from a bfloat16 copy of its weight (:class:`_BF16InputGrad`); its
-        forward is unchanged."""
+        forward is unchanged, except with ``bf16_forward`` in the decoder's layers (not the
+        output layer), whose forward products come from the copies too."""
         if not self.bf16_grads:
             yield
             return
+        model = self._handle.peft_model
         if not self._low:  # the weights are frozen: copied once
-            self._low = linear_copies(self._handle.peft_model, frozen_only=True)
+            self._low = linear_copies(model, frozen_only=True)
+        head = unwrapped(model).get_output_embeddings()
         for layer, low in self._low.items():
-            layer.forward = types.MethodType(_linear_bf16_input_grad(low), layer)
+            low_forward = self.bf16_forward and layer is not head
+            layer.forward = types.MethodType(_linear_bf16_input_grad(low, low_forward), layer)
         try:
             yield
         finally:
@@ -282,27 +292,30 @@ class PeftStudent(Student):
 
 
 class _BF16InputGrad(torch.autograd.Function):
-    """``linear(x, weight, bias)`` as usual, with the gradient towards ``x`` computed from
+    """``linear(x, weight, bias)`` as usual (with ``low_forward``: from ``low``, input in
+    bfloat16 and output back in ``x``'s dtype), with the gradient towards ``x`` computed from
     ``low``, a bfloat16 copy of the frozen ``weight`` (no gradient to the weight or bias)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                low: torch.Tensor) -> torch.Tensor:
+                low: torch.Tensor, low_forward: bool = False) -> torch.Tensor:
         ctx.save_for_backward(low)
-        return torch.nn.functional.linear(x, weight, bias)
+        return low_linear(x, low, bias) if low_forward else torch.nn.functional.linear(x, weight, bias)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
         (low,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        return torch.matmul(grad.to(low.dtype), low).to(grad.dtype), None, None, None
+            return None, None, None, None, None
+        return torch.matmul(grad.to(low.dtype), low).to(grad.dtype), None, None, None, None
 
 
-def _linear_bf16_input_grad(low: torch.Tensor) -> Any:
+def _linear_bf16_input_grad(low: torch.Tensor, low_forward: bool = False) -> Any:
     def forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            return _BF16InputGrad.apply(x, layer.weight, layer.bias, low)
+            return _BF16InputGrad.apply(x, layer.weight, layer.bias, low, low_forward)
+        if low_forward:
+            return low_linear(x, low, layer.bias)
         return torch.nn.functional.linear(x, layer.weight, layer.bias)
 
     return forward

@@ -13,37 +13,20 @@ positions whose most likely token is the same (scoring with the products made th
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from sampler import prompted_teacher
 
-from promptbake import BakeConfig
-from promptbake.builtin.hf import HFTeacher
 from promptbake.builtin.low_precision import bf16_products, linear_copies
-from promptbake.cli.base import read_prompt
 from promptbake.core.interfaces import SamplingConfig
-from promptbake.core.types import Prefix
-from promptbake.stages.queries import load_queries
-from promptbake.stages.render import Renderer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("prompt_file")
-    ap.add_argument("--queries", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    prompt = read_prompt(args.prompt_file)
-    teacher = HFTeacher()
-    teacher.setup(BakeConfig(prompt=prompt, model="smollm2-135m", dtype="float32", device="cpu", progress=False))
-    renderer = Renderer(teacher.tokenizer, prompt, max_length=1024)
-    queries = load_queries(None, "train", args.queries)
-    prefixes = [Prefix(renderer.prefix(q, True), tuple(renderer.messages(q, True))) for q in queries]
+    args, teacher, renderer, queries, prefixes = prompted_teacher(__doc__.split("\n\n")[0])
     settings = {"sampled": SamplingConfig(n=2, temperature=1.0, max_new_tokens=48, min_new_tokens=1,
                                           stop_ids=list(renderer.stop_ids), seed=0),
                 "greedy": SamplingConfig(n=1, temperature=0.0, max_new_tokens=48, min_new_tokens=1,

@@ -35,8 +35,11 @@ def multinomial(scores: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def prompted_teacher(description: str) -> tuple[argparse.Namespace, HFTeacher, Renderer, list, list[Prefix]]:
+    """The command line (``prompt_file``, ``--queries``, ``--repeats``, ``--json``), the hf teacher on
+    the embedded model in float32, the renderer with the prompt, the training queries and their
+    prompted prefixes."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("prompt_file")
     ap.add_argument("--queries", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
@@ -45,10 +48,14 @@ def main() -> None:
     prompt = read_prompt(args.prompt_file)
     teacher = HFTeacher()
     teacher.setup(BakeConfig(prompt=prompt, model="smollm2-135m", dtype="float32", device="cpu", progress=False))
-    tok = teacher.tokenizer
-    renderer = Renderer(tok, prompt, max_length=1024)
-    prefixes = [Prefix(renderer.prefix(q, True), tuple(renderer.messages(q, True)))
-                for q in load_queries(None, "train", args.queries)]
+    renderer = Renderer(teacher.tokenizer, prompt, max_length=1024)
+    queries = load_queries(None, "train", args.queries)
+    prefixes = [Prefix(renderer.prefix(q, True), tuple(renderer.messages(q, True))) for q in queries]
+    return args, teacher, renderer, queries, prefixes
+
+
+def main() -> None:
+    args, teacher, renderer, _, prefixes = prompted_teacher(__doc__.split("\n\n")[0])
     sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=48, min_new_tokens=1,
                               stop_ids=list(renderer.stop_ids), seed=0)
     kept = sampling_mod.draw

@@ -7,10 +7,11 @@ product runs about 2.5-3x faster than a float32 one. Two users:
   float32 linear layer takes its input in bfloat16 through a copy of its weight made for the
   call, and hands its output back in the input's dtype; everything between the layers
   (norms, attention, the sampler) stays as loaded;
-- training (the peft student's ``bf16_grads``): the gradients that flow back through the
-  frozen layers (none of their parameters requires a gradient: the base weights under
-  LoRA, the output layer) come from copies made once, since those weights never change
-  (``promptbake/builtin/peft.py``).
+- training (the peft student's ``bf16_grads`` and ``bf16_forward``): the gradients that flow
+  back through the frozen layers (none of their parameters requires a gradient: the base
+  weights under LoRA, the output layer), and with ``bf16_forward`` the decoder's forward
+  products, come from copies made once, since those weights never change
+  (``promptbake/builtin/peft.py``, through :func:`low_linear`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -33,17 +33,23 @@ def linear_copies(model: Any, frozen_only: bool = False) -> dict[torch.nn.Linear
 
 
 @contextlib.contextmanager
-def bf16_products(copies: dict[torch.nn.Linear, torch.Tensor]) -> Iterator[None]:
-    """Inside the block each layer of ``copies`` (from :func:`linear_copies`) computes
-    its forward from its bfloat16 copy: ``linear(x.bfloat16(), copy)`` back in ``x``'s dtype,
-    plus its float32 bias. For forwards without gradients (decoding)."""
-    for layer, low in copies.items():
-        layer.forward = types.MethodType(_forward_through(low), layer)
+def patched_forwards(forwards: dict[torch.nn.Linear, Callable[..., torch.Tensor]]) -> Iterator[None]:
+    """Inside the block each layer runs its ``forwards`` entry (``forward(layer, x)``) instead of
+    its class's forward; after it, the class's forward again."""
+    for layer, forward in forwards.items():
+        layer.forward = types.MethodType(forward, layer)
     try:
         yield
     finally:
-        for layer in copies:
-            vars(layer).pop("forward", None)  # the class's forward again
+        for layer in forwards:
+            vars(layer).pop("forward", None)
+
+
+def bf16_products(copies: dict[torch.nn.Linear, torch.Tensor]) -> contextlib.AbstractContextManager[None]:
+    """Inside the block each layer of ``copies`` (from :func:`linear_copies`) computes
+    its forward from its bfloat16 copy: ``linear(x.bfloat16(), copy)`` back in ``x``'s dtype,
+    plus its float32 bias. For forwards without gradients (decoding)."""
+    return patched_forwards({layer: _forward_through(low) for layer, low in copies.items()})
 
 
 def low_linear(x: torch.Tensor, low: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..core.interfaces import (
 from ..core.metadata import METADATA_FILE
 from ..core.types import Prefix, Sample, Targets, Trajectory
 from . import models
-from .low_precision import linear_copies, low_linear
+from .low_precision import linear_copies, low_linear, patched_forwards
 from .prefix_cache import PrefixCache, supports_shared_prefix, unwrapped
 from .sampling import sample_rows
 from .scoring import response_logits, same_output_layer, score_targets, split_head
@@ -191,14 +190,9 @@ class PeftStudent(Student):
         if not self._low:  # the weights are frozen: copied once
             self._low = linear_copies(model, frozen_only=True)
         head = unwrapped(model).get_output_embeddings()
-        for layer, low in self._low.items():
-            low_forward = self.bf16_forward and layer is not head
-            layer.forward = types.MethodType(_linear_bf16_input_grad(low, low_forward), layer)
-        try:
+        with patched_forwards({layer: _linear_bf16_input_grad(low, self.bf16_forward and layer is not head)
+                               for layer, low in self._low.items()}):
             yield
-        finally:
-            for layer in self._low:
-                del layer.forward  # the class's forward again
 
     def reads_hidden_targets(self, head: Any) -> bool:
         split = split_head(self._handle.peft_model, self._handle.vocab)
